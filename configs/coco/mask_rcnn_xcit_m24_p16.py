@@ -1,0 +1,17 @@
+_base_ = [
+    '../_base_/models/mask_rcnn_xcit_fpn.py',
+    '../_base_/datasets/coco_instance.py',
+    '../_base_/schedules/coco_3x_adamw.py', '../_base_/det_runtime.py'
+]
+default_scope = 'mmdet'
+custom_imports = dict(imports=['xcit_mm'], allow_failed_imports=False)
+
+# XCiT-M24/16: ImageNet-1k, distilled, 384 px
+pretrained = 'https://dl.fbaipublicfiles.com/xcit/xcit_medium_24_p16_384_dist.pth'
+model = dict(
+    backbone=dict(
+        arch='medium-24',
+        patch_size=16,
+        drop_path_rate=0.15,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[512] * 4))

@@ -1,0 +1,4 @@
+# All metadata lives in setup.cfg.
+from setuptools import setup
+
+setup()

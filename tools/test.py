@@ -1,0 +1,127 @@
+"""Evaluate a checkpoint: COCO box/mask AP (mmdet) or mIoU (mmseg).
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE]
+        [--show] [--show-dir DIR] [--tta] [--cfg-options k=v ...]
+        [--launcher pytorch]
+
+Checkpoints are read with torch's weights-only loader (xcit_mm allows the
+few globals that mmengine's own checkpoints hold). For the authors' mmdet
+2.x / mmseg 0.x releases, convert first with
+tools/model_converters/xcit2mm.py.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save logs and metrics')
+    parser.add_argument(
+        '--out', help='mmdet: dump predictions to this pickle file; '
+        'mmseg: save predicted label maps to this directory')
+    parser.add_argument('--show', action='store_true',
+                        help='show prediction results in a window')
+    parser.add_argument('--show-dir',
+                        help='save drawn predictions under this directory '
+                        '(inside the work dir, as mmdet/mmseg do)')
+    parser.add_argument('--wait-time', type=float, default=2,
+                        help='seconds each shown image stays')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation (the config\'s '
+                        'tta_model and tta_pipeline)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of the config, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def enable_visualization(cfg, args):
+    hooks = cfg.default_hooks
+    if 'visualization' not in hooks:
+        sys.exit('error: --show/--show-dir need a "visualization" entry in '
+                 'default_hooks (DetVisualizationHook / '
+                 'SegVisualizationHook).')
+    vis = hooks['visualization']
+    vis['draw'] = True
+    if args.show:
+        vis['show'] = True
+        vis['wait_time'] = args.wait_time
+    if args.show_dir:
+        if cfg.default_scope == 'mmdet':
+            vis['test_out_dir'] = args.show_dir
+        else:
+            vis['interval'] = 1
+            cfg.visualizer['save_dir'] = args.show_dir
+
+
+def enable_tta(cfg, config_path):
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        sys.exit(f'error: {config_path} defines no tta_model/tta_pipeline; '
+                 '--tta needs both.')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+def set_output(cfg, out):
+    if cfg.default_scope == 'mmdet':
+        if not out.endswith(('.pkl', '.pickle')):
+            sys.exit('error: --out must be a .pkl/.pickle file for mmdet.')
+        dump = dict(type='DumpDetResults', out_file_path=out)
+        evaluator = cfg.test_evaluator
+        cfg.test_evaluator = (list(evaluator) if isinstance(
+            evaluator, (list, tuple)) else [evaluator]) + [dump]
+    else:
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmengine.runner import Runner
+    from xcit_mm.engine import init_cpu_distributed
+    from xcit_mm.engine.config import (check_dataset_paths, load_config,
+                                       set_work_dir)
+
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        set_work_dir(cfg, args.config, args.work_dir)
+        check_dataset_paths(cfg, 'test')
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f'error: {err}')
+    if not osp.isfile(args.checkpoint):
+        sys.exit(f'error: checkpoint not found: {args.checkpoint!r}')
+    cfg.launcher = args.launcher
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        enable_visualization(cfg, args)
+    if args.tta:
+        enable_tta(cfg, args.config)
+    if args.out:
+        set_output(cfg, args.out)
+
+    init_cpu_distributed(args.launcher, cfg)
+    if 'runner_type' in cfg:
+        from mmengine.registry import RUNNERS
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,93 @@
+"""Train a detector (mmdet) or segmentor (mmseg) from a config.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--resume [CKPT]]
+        [--auto-scale-lr] [--cfg-options k=v ...] [--launcher pytorch]
+
+The config's ``default_scope`` (mmdet or mmseg) picks the library; flags
+mean what they mean in mmdet's and mmseg's own tools/train.py.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a model')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--amp', action='store_true',
+                        help='enable automatic mixed precision training')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr with the total batch size')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from CKPT; without a value, from the latest '
+        'checkpoint in the work dir')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings of the config, key=value')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from mmengine.runner import Runner
+    from xcit_mm.engine import init_cpu_distributed
+    from xcit_mm.engine.config import (check_dataset_paths, load_config,
+                                       set_work_dir, use_fp32_on_cpu)
+
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        set_work_dir(cfg, args.config, args.work_dir)
+        check_dataset_paths(cfg, 'train')
+        check_dataset_paths(cfg, 'val')
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f'error: {err}')
+    cfg.launcher = args.launcher
+
+    if args.amp:
+        wrapper = cfg.optim_wrapper
+        if wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
+            wrapper['type'] = 'AmpOptimWrapper'
+            wrapper.setdefault('loss_scale', 'dynamic')
+    use_fp32_on_cpu(cfg)
+
+    if args.auto_scale_lr:
+        if not cfg.get('auto_scale_lr'):
+            sys.exit(f'error: {args.config} has no auto_scale_lr '
+                     '(base_batch_size); --auto-scale-lr needs it.')
+        cfg.auto_scale_lr.enable = True
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        if not osp.isfile(args.resume):
+            sys.exit(f'error: --resume checkpoint not found: '
+                     f'{args.resume!r}')
+        cfg.resume = True
+        cfg.load_from = args.resume
+
+    init_cpu_distributed(args.launcher, cfg)
+    if 'runner_type' in cfg:
+        from mmengine.registry import RUNNERS
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
