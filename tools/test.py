@@ -70,8 +70,13 @@ def enable_visualization(cfg, args):
 
 def enable_tta(cfg, config_path):
     if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        hint = ''
+        if cfg.default_scope == 'mmdet' and \
+                cfg.model.get('roi_head', {}).get('mask_head'):
+            hint = (' (mmdet 3 cannot merge instance masks across '
+                    'augmentations, so the Mask R-CNN configs have none)')
         sys.exit(f'error: {config_path} defines no tta_model/tta_pipeline; '
-                 '--tta needs both.')
+                 f'--tta needs both{hint}.')
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model

@@ -253,3 +253,15 @@ def test_import_needs_neither_mmdet_nor_mmseg(repo_root):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'XCiT'
+
+
+def test_default_out_indices_for_custom_depths():
+    from xcit_mm.models.presets import default_out_indices
+    assert default_out_indices(12) == ARCH_SETTINGS['small-12']['out_indices']
+    assert default_out_indices(24) == ARCH_SETTINGS['small-24']['out_indices']
+    for depth in range(4, 30):
+        picks = default_out_indices(depth)
+        assert all(0 <= a < b for a, b in zip(picks, picks[1:]))
+        assert picks[-1] == depth - 1
+    with pytest.raises(ValueError, match='at least 4 blocks'):
+        default_out_indices(3)

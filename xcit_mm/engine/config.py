@@ -8,6 +8,21 @@ from mmengine.config import Config, DictAction  # noqa: F401 (re-exported)
 SCOPES = ('mmdet', 'mmseg')
 
 
+def _suggest(path: str) -> str:
+    """' Did you mean ...?' with the closest configs beside ``path``."""
+    import difflib
+    folder = osp.dirname(path) or '.'
+    if not osp.isdir(folder):
+        return f' (no folder {folder!r} either)'
+    names = [n for n in os.listdir(folder) if n.endswith('.py')]
+    close = difflib.get_close_matches(osp.basename(path), names, n=3,
+                                      cutoff=0.6)
+    if close:
+        return ' Did you mean: ' + ', '.join(
+            osp.join(folder, n) for n in close) + '?'
+    return ''
+
+
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """Reads a config, merges ``--cfg-options`` and checks its scope.
 
@@ -16,18 +31,8 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
         ValueError: the config's ``default_scope`` is not mmdet or mmseg.
     """
     if not osp.isfile(path):
-        hint = ''
-        base = osp.basename(path)
-        for folder in ('configs/coco', 'configs/ade20k', 'configs/demo'):
-            if osp.isdir(folder):
-                names = sorted(n for n in os.listdir(folder)
-                               if n.endswith('.py'))
-                close = [n for n in names if n.split('_')[:2] ==
-                         base.split('_')[:2]]
-                if close:
-                    hint = f' Configs with that prefix: {close[:6]}'
         raise FileNotFoundError(
-            f'Config file not found: {path!r}.{hint}')
+            f'Config file not found: {path!r}.{_suggest(path)}')
     cfg = Config.fromfile(path)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)

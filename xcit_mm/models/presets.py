@@ -40,6 +40,20 @@ ARCH_ALIASES: Dict[str, str] = {
 CUSTOM_ARCH_KEYS: Tuple[str, ...] = ('embed_dims', 'depth', 'num_heads')
 
 
+def default_out_indices(depth: int) -> Tuple[int, ...]:
+    """The blocks ending the first third, half, two thirds and the whole of
+    the depth, as the published presets take them; for shallow models where
+    those coincide, four evenly spaced blocks."""
+    if depth < 4:
+        raise ValueError(
+            f'An XCiT feeding a 4-level pyramid needs at least 4 blocks, got '
+            f'depth={depth}.')
+    picks = (depth // 3 - 1, depth // 2 - 1, 2 * depth // 3 - 1, depth - 1)
+    if any(b <= a for a, b in zip(picks, picks[1:])) or picks[0] < 0:
+        picks = tuple(round((i + 1) * depth / 4) - 1 for i in range(4))
+    return picks
+
+
 def resolve_arch(arch) -> dict:
     """Return the settings of ``arch``: a preset name, an alias or a dict.
 
@@ -72,9 +86,8 @@ def resolve_arch(arch) -> dict:
         settings = dict(arch)
         depth = int(settings['depth'])
         settings.setdefault('layer_scale_init_value', 1.0)
-        settings.setdefault(
-            'out_indices',
-            (depth // 3 - 1, depth // 2 - 1, 2 * depth // 3 - 1, depth - 1))
+        if 'out_indices' not in settings:
+            settings['out_indices'] = default_out_indices(depth)
         settings['name'] = 'custom'
         return settings
     raise ValueError(f'arch must be a preset name or a dict, got {arch!r}.')

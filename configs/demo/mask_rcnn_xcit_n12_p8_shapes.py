@@ -1,0 +1,116 @@
+# The built-in demo: a small XCiT Mask R-CNN learning the generated shapes
+# dataset (xcit_mm.datasets.shapes) on a CPU in a few minutes.
+# Run it with `bash tools/run_demo.sh` (or tools/train.py on this file after
+# `python -m xcit_mm.datasets.shapes data/shapes`).
+_base_ = ['../_base_/models/mask_rcnn_xcit_fpn.py', '../_base_/det_runtime.py']
+default_scope = 'mmdet'
+custom_imports = dict(imports=['xcit_mm'], allow_failed_imports=False)
+
+data_root = 'data/shapes/'
+metainfo = dict(
+    classes=('circle', 'rectangle', 'triangle'),
+    palette=[(220, 20, 60), (0, 130, 200), (255, 180, 0)])
+norm_cfg = dict(type='BN', requires_grad=True)
+img_scale = (128, 128)
+width = 128  # FPN and head channels, narrower than COCO's 256
+
+model = dict(
+    backbone=dict(
+        arch='nano-12', patch_size=8, drop_path_rate=0.0, norm_cfg=norm_cfg),
+    neck=dict(in_channels=[128] * 4, out_channels=width),
+    rpn_head=dict(
+        in_channels=width,
+        feat_channels=width,
+        anchor_generator=dict(scales=[4])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=width),
+        bbox_head=dict(
+            in_channels=width, fc_out_channels=256, num_classes=3),
+        mask_roi_extractor=dict(out_channels=width),
+        mask_head=dict(
+            in_channels=width, conv_out_channels=width, num_convs=2,
+            num_classes=3)),
+    train_cfg=dict(
+        rpn_proposal=dict(nms_pre=500, max_per_img=200),
+        rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(
+        rpn=dict(nms_pre=500, max_per_img=200),
+        rcnn=dict(max_per_img=20)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5, direction=['horizontal', 'vertical']),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(
+        type='PackDetInputs',
+        meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                   'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=1,
+    persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        type='CocoDataset',
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_train.json',
+        data_prefix=dict(img='train/'),
+        filter_cfg=dict(filter_empty_gt=True),
+        pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=4,
+    num_workers=1,
+    persistent_workers=True,
+    drop_last=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type='CocoDataset',
+        data_root=data_root,
+        metainfo=metainfo,
+        ann_file='annotations/instances_val.json',
+        data_prefix=dict(img='val/'),
+        test_mode=True,
+        pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(
+    type='CocoMetric',
+    ann_file=data_root + 'annotations/instances_val.json',
+    metric=['bbox', 'segm'])
+test_evaluator = val_evaluator
+
+max_iters = 1200
+train_cfg = dict(
+    type='IterBasedTrainLoop', max_iters=max_iters, val_interval=400)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=4e-4, betas=(0.9, 0.999),
+                   weight_decay=0.05),
+    paramwise_cfg=dict(
+        norm_decay_mult=0., custom_keys={'.temperature': dict(decay_mult=0.)}),
+    clip_grad=dict(max_norm=10.0))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
+         end=100),
+    dict(type='CosineAnnealingLR', by_epoch=False, begin=100, end=max_iters,
+         eta_min=1e-6)
+]
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=20),
+    checkpoint=dict(
+        type='CheckpointHook', by_epoch=False, interval=400,
+        max_keep_ckpts=1, save_last=True))
+log_processor = dict(type='LogProcessor', window_size=20, by_epoch=False)
+visualizer = dict(
+    type='DetLocalVisualizer', vis_backends=[dict(type='LocalVisBackend')])
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
