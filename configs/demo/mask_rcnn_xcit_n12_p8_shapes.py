@@ -23,16 +23,19 @@ model = dict(
         feat_channels=width,
         anchor_generator=dict(scales=[4])),
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=width),
+        # a fixed 2x2 sampling per bin keeps RoIAlign cheap on the CPU
+        bbox_roi_extractor=dict(
+            out_channels=width, roi_layer=dict(sampling_ratio=2, use_torchvision=True)),
         bbox_head=dict(
             in_channels=width, fc_out_channels=256, num_classes=3),
-        mask_roi_extractor=dict(out_channels=width),
+        mask_roi_extractor=dict(
+            out_channels=width, roi_layer=dict(sampling_ratio=2, use_torchvision=True)),
         mask_head=dict(
-            in_channels=width, conv_out_channels=width, num_convs=2,
+            in_channels=width, conv_out_channels=64, num_convs=2,
             num_classes=3)),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=200),
-        rcnn=dict(sampler=dict(num=128))),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=200),
         rcnn=dict(max_per_img=20)))

@@ -17,7 +17,8 @@ _base_ = [{base!r}]
 data_root = {root!r}
 model = dict(
     backbone=dict(
-        arch=dict(_delete_=True, embed_dims=64, depth=4, num_heads=2)),
+        arch=dict(_delete_=True, embed_dims=64, depth=4, num_heads=2),
+        with_cp=True),  # gradient checkpointing under DDP
     neck=dict(in_channels=[64] * 4))
 loader = dict(batch_size=2, num_workers=0, persistent_workers=False)
 train_dataloader = dict(loader, dataset=dict(data_root=data_root))
