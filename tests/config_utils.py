@@ -16,6 +16,11 @@ def to_bn(cfg):
     """A copy of ``cfg`` with every SyncBN replaced by BN (tests only: no
     process group on the test machine)."""
     cfg = copy.deepcopy(cfg)
+    if isinstance(cfg, Config):
+        cfg = Config(cfg.to_dict())
+        target = cfg._cfg_dict
+    else:
+        target = cfg
 
     def visit(node):
         if isinstance(node, dict):
@@ -27,7 +32,7 @@ def to_bn(cfg):
             for value in node:
                 visit(value)
 
-    visit(cfg)
+    visit(target)
     return cfg
 
 

@@ -80,7 +80,8 @@ def data_options(task: str, data_root: str, iters, val_interval):
                  for s in ('val', 'test')]
     if iters is not None:
         warmup = max(1, min(100, iters // 4))
-        opts += [f'train_cfg.max_iters={iters}',
+        opts += [f'default_hooks.logger.interval={min(20, iters)}',
+                 f'train_cfg.max_iters={iters}',
                  f'param_scheduler.0.end={warmup}',
                  f'param_scheduler.1.begin={warmup}',
                  f'param_scheduler.1.end={iters}']

@@ -65,7 +65,11 @@ def enable_visualization(cfg, args):
             vis['test_out_dir'] = args.show_dir
         else:
             vis['interval'] = 1
-            cfg.visualizer['save_dir'] = args.show_dir
+            # SegVisualizationHook has no test_out_dir: the visualizer saves
+            # under its save_dir, which would be relative to the current
+            # directory; put it in the work dir as for mmdet.
+            cfg.visualizer['save_dir'] = osp.join(cfg.work_dir,
+                                                  args.show_dir)
 
 
 def enable_tta(cfg, config_path):

@@ -8,6 +8,7 @@ group before the runner (which then skips its own ``init_dist``), and
 :class:`CPUCompatibleDDP` wraps the model without ``device_ids`` and with
 plain batch norms.
 """
+import atexit
 import os
 
 import torch
@@ -33,6 +34,11 @@ class CPUCompatibleDDP(MMDistributedDataParallel):
         super().__init__(module=module, device_ids=device_ids, **kwargs)
 
 
+def _destroy_process_group():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_cpu_distributed(launcher: str, cfg) -> bool:
     """Starts gloo and selects :class:`CPUCompatibleDDP` when ``launcher``
     is ``'pytorch'`` and no GPU is present. Returns whether it did."""
@@ -45,6 +51,9 @@ def init_cpu_distributed(launcher: str, cfg) -> bool:
                 'the script with tools/dist_train.sh or torchrun.')
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')
+        # A gloo group still alive at interpreter exit sometimes aborts a
+        # rank ("terminate called without an active exception").
+        atexit.register(_destroy_process_group)
     wrapper = dict(cfg.get('model_wrapper_cfg') or {})
     wrapper['type'] = 'CPUCompatibleDDP'
     wrapper.setdefault('broadcast_buffers', False)

@@ -6,7 +6,7 @@ ImageNet weights load with at most one rename; see ``xcit_mm.weights``.
 """
 import contextlib
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -24,12 +24,47 @@ from .adapter import XCiTPyramidAdapter
 from .presets import resolve_arch
 
 
+def _autocast_device_types() -> frozenset:
+    available = getattr(torch.amp, 'is_autocast_available', None)
+    if available is None:  # pragma: no cover - older torch
+        return frozenset(('cpu', 'cuda'))
+    found = set()
+    for device_type in ('cpu', 'cuda', 'xpu', 'mps', 'hpu', 'mtia', 'xla'):
+        try:
+            if available(device_type):
+                found.add(device_type)
+        except (RuntimeError, ValueError):  # pragma: no cover
+            pass
+    return frozenset(found)
+
+
+# Device types with autocast, looked up once (``torch.compile`` does not
+# trace ``is_autocast_available``).
+_AUTOCAST_DEVICES = _autocast_device_types()
+
+
+def _autocast_off(device_type: str):
+    """A context that runs its body outside autocast (for the few small
+    float32 computations), a no-op where autocast does not exist (e.g. the
+    ``meta`` device used to count FLOPs)."""
+    if device_type in _AUTOCAST_DEVICES:
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class FourierPositionalEncoding(BaseModule):
     """DETR-style Fourier features of the token grid, projected to ``dim``.
 
     The features are recomputed for the grid of each input, so any
     resolution works. Coordinates run 1..H and 1..W, are normalised by the
     grid size and scaled to [0, 2*pi].
+
+    The features of a grid point are ``[f(y), f(x)]``, so the 1x1 projection
+    splits into a row term and a column term: ``W_y f(y) + W_x f(x) + b``.
+    Only ``H + W`` feature vectors are computed and projected (in float32),
+    and the ``H x W`` map is their broadcast sum. Nothing is cached, so the
+    module has no Python-side state (``torch.compile`` traces it without
+    graph breaks).
 
     Args:
         dim (int): Output channels.
@@ -47,42 +82,44 @@ class FourierPositionalEncoding(BaseModule):
         self.hidden_dim = hidden_dim
         self.temperature = temperature
         self.eps = 1e-6
-        self._cache: Dict[tuple, torch.Tensor] = {}
+
+    def _axis_features(self, n: int, device: torch.device) -> torch.Tensor:
+        """``(n, hidden_dim)`` float32 features of coordinates 1..n."""
+        pos = torch.arange(1, n + 1, dtype=torch.float32, device=device)
+        pos = pos / (n + self.eps) * (2 * math.pi)
+        dim_t = torch.arange(
+            self.hidden_dim, dtype=torch.float32, device=device)
+        dim_t = self.temperature**(
+            2 * torch.div(dim_t, 2, rounding_mode='floor') / self.hidden_dim)
+        pos = pos[:, None] / dim_t
+        return torch.stack((pos[:, 0::2].sin(), pos[:, 1::2].cos()),
+                           dim=2).flatten(1)
 
     def fourier_features(self, H: int, W: int,
                          device: torch.device) -> torch.Tensor:
-        """The ``(1, 2 * hidden_dim, H, W)`` float32 features (cached)."""
-        key = (H, W, str(device))
-        feats = self._cache.get(key)
-        if feats is None:
-            scale = 2 * math.pi
-            y = torch.arange(1, H + 1, dtype=torch.float32, device=device)
-            x = torch.arange(1, W + 1, dtype=torch.float32, device=device)
-            y = y / (H + self.eps) * scale
-            x = x / (W + self.eps) * scale
-            dim_t = torch.arange(
-                self.hidden_dim, dtype=torch.float32, device=device)
-            dim_t = self.temperature**(2 * torch.div(
-                dim_t, 2, rounding_mode='floor') / self.hidden_dim)
-            pos_y = y[:, None] / dim_t  # (H, hidden)
-            pos_x = x[:, None] / dim_t  # (W, hidden)
-            pos_y = torch.stack((pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()),
-                                dim=2).flatten(1)
-            pos_x = torch.stack((pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()),
-                                dim=2).flatten(1)
-            feats = torch.cat((pos_y[:, None, :].expand(H, W, -1),
-                               pos_x[None, :, :].expand(H, W, -1)),
-                              dim=2).permute(2, 0, 1)[None].contiguous()
-            if len(self._cache) > 16:
-                self._cache.clear()
-            self._cache[key] = feats
-        return feats
+        """The ``(1, 2 * hidden_dim, H, W)`` float32 features (for
+        reference; :meth:`forward` does not build them)."""
+        fy = self._axis_features(H, device)
+        fx = self._axis_features(W, device)
+        feats = torch.cat((fy[:, None, :].expand(H, W, -1),
+                           fx[None, :, :].expand(H, W, -1)), dim=2)
+        return feats.permute(2, 0, 1)[None].contiguous()
 
     def forward(self, H: int, W: int) -> torch.Tensor:
-        """Returns the ``(1, dim, H, W)`` encoding of an ``H x W`` grid."""
-        weight = self.token_projection.weight
-        feats = self.fourier_features(H, W, weight.device)
-        return self.token_projection(feats.to(weight.dtype))
+        """Returns the ``(1, dim, H, W)`` encoding of an ``H x W`` grid
+        (a channels-last tensor: ``flatten(2).transpose(1, 2)`` of it is
+        a contiguous ``(1, H*W, dim)`` token tensor)."""
+        conv = self.token_projection
+        device = conv.weight.device
+        hid = self.hidden_dim
+        weight = conv.weight.flatten(1).float()  # (dim, 2 * hidden)
+        bias = None if conv.bias is None else conv.bias.float()
+        with _autocast_off(device.type):
+            rows = F.linear(self._axis_features(H, device), weight[:, :hid])
+            cols = F.linear(self._axis_features(W, device), weight[:, hid:],
+                            bias)
+        pos = (rows[:, None, :] + cols[None, :, :]).to(conv.weight.dtype)
+        return pos.permute(2, 0, 1)[None]
 
 
 class ConvPatchEmbed(BaseModule):
@@ -142,13 +179,54 @@ def xca_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return attn.softmax(dim=-1) @ v
 
 
+def _scaled_residual(shortcut: torch.Tensor, scale: torch.Tensor,
+                     branch: torch.Tensor,
+                     drop_path: nn.Module) -> torch.Tensor:
+    """``shortcut + drop_path(scale * branch)`` in as few passes as possible.
+
+    One ``addcmul`` (instead of a multiply and an add) unless stochastic
+    depth is active; without autograd the result is written into
+    ``branch``'s buffer (a block-internal tensor) when the dtypes agree, so
+    no new ``N x C`` tensor is allocated.
+    """
+    if drop_path.training and getattr(drop_path, 'drop_prob', 0.) > 0:
+        return shortcut + drop_path(scale * branch)
+    if not torch.is_grad_enabled() and branch.dtype == shortcut.dtype == \
+            scale.dtype and branch.shape == shortcut.shape:
+        return torch.addcmul(shortcut, branch, scale, out=branch)
+    return torch.addcmul(shortcut, branch, scale)
+
+
+def _activate(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; an exact GELU is applied in place when no autograd graph
+    is recorded (``x`` is then a fresh block-internal tensor), which saves
+    allocating another tensor of ``x``'s size."""
+    if type(act) is nn.GELU and not torch.is_grad_enabled():
+        return torch.ops.aten.gelu_(x, approximate=act.approximate)
+    return act(x)
+
+
 class XCA(BaseModule):
     """Cross-covariance attention: a ``d_h x d_h`` softmax per head.
 
     q and k are L2-normalised along the token axis and their cross-covariance
-    is scaled by a learnable per-head temperature. The normalisation is
-    applied to the small ``d_h x d_h`` product (the same maths as normalising
-    q and k, without touching the ``N x d_h`` tensors), in float32.
+    is scaled by a learnable per-head temperature.
+
+    How it is computed (the same maths as :func:`xca_reference`):
+
+    - the Gram matrix ``q_h^T k_h`` of each head is one batched product on
+      strided views of the qkv output (no copy), and the L2 normalisation is
+      applied to it (``d_h x d_h``) instead of to the ``N x d_h`` tensors
+      (the norms are one reduction over the tokens); the Gram matrix, the
+      norms and the softmax are computed in float32 whatever the input
+      dtype or autocast (no overflow in fp16, no bf16 rounding of the
+      similarity logits);
+    - the attention is folded into the output projection: ``proj(attn @ v)``
+      is ``v @ (W_proj A)^T + b`` with ``A`` the block-diagonal matrix of
+      the per-head attentions (a ``C x C x d_h`` product per image), so the
+      ``N x C`` attention output is never materialised, no permute copies
+      happen, and the ``attn @ v`` product and the projection are one GEMM
+      of the projection's size.
     """
 
     def __init__(self,
@@ -166,33 +244,75 @@ class XCA(BaseModule):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def attention_weights(self, qkv: torch.Tensor) -> torch.Tensor:
+        """The ``(B, heads, d_h, d_h)`` float32 attention (after the softmax
+        and the attention dropout) from the ``(B, N, 3C)`` qkv output."""
+        B, N, C3 = qkv.shape
+        C = C3 // 3
+        h = self.num_heads
+        d = C // h
+        with _autocast_off(qkv.device.type):
+            qk = qkv[..., :2 * C].float()  # a view when qkv is float32
+            # ||q_c|| and ||k_c|| over the tokens, (B, 2C) (a plain sum of
+            # squares: linalg.vector_norm reduces a strided dim slowly on CPU)
+            norms = qk.square().sum(dim=1).sqrt().clamp_min(1e-12)
+            q = qk[..., :C].unflatten(-1, (h, d))  # (B, N, h, d)
+            k = qk[..., C:].unflatten(-1, (h, d))
+            # q_h^T k_h for each image and head: (h, d, N) @ (h, N, d)
+            gram = [
+                torch.bmm(q[b].permute(1, 2, 0), k[b].permute(1, 0, 2))
+                for b in range(B)
+            ]
+            gram = gram[0][None] if B == 1 else torch.stack(gram)
+            q_norm = norms[:, :C].view(B, h, d, 1)
+            k_norm = norms[:, C:].view(B, h, 1, d)
+            attn = gram / (q_norm * k_norm) * self.temperature.float()
+            attn = attn.softmax(dim=-1)
+        return self.attn_drop(attn)
+
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """The attention output before the projection, ``(B, N, C)``."""
+        """The attention output before the projection, ``(B, N, C)``
+        (explicit; :meth:`forward` does not materialise it)."""
         B, N, C = x.shape
         h = self.num_heads
-        # (B, N, 3, h, d) -> 3 x (B, h, N, d), views
-        q, k, v = self.qkv(x).view(B, N, 3, h, C // h).permute(
-            2, 0, 3, 1, 4).unbind(0)
-        # Gram matrix of the channels over the tokens: (B, h, d, d)
-        gram = q.transpose(-2, -1) @ k
-        q_norm = q.float().square().sum(dim=-2).sqrt().clamp_min(1e-12)
-        k_norm = k.float().square().sum(dim=-2).sqrt().clamp_min(1e-12)
-        attn = gram.float() / (q_norm[..., :, None] * k_norm[..., None, :])
-        attn = (attn * self.temperature.float()).softmax(dim=-1)
-        attn = self.attn_drop(attn.to(v.dtype))
-        # out[n, i] = sum_j attn[i, j] v[n, j]
-        out = v @ attn.transpose(-2, -1)  # (B, h, N, d)
-        return out.transpose(1, 2).reshape(B, N, C)
+        qkv = self.qkv(x)
+        attn = self.attention_weights(qkv).to(qkv.dtype)
+        v = qkv[..., 2 * C:].unflatten(-1, (h, C // h))  # (B, N, h, d)
+        # out[n, i] = sum_j attn[i, j] v[n, j], per head
+        out = torch.einsum('bnhj,bhij->bnhi', v, attn)
+        return out.reshape(B, N, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_drop(self.proj(self.attention(x)))
+        """``proj(attention(x))``, ``(B, N, C)``."""
+        B, N, C = x.shape
+        h = self.num_heads
+        d = C // h
+        qkv = self.qkv(x)
+        attn = self.attention_weights(qkv)  # (B, h, d, d), float32
+        weight = self.proj.weight
+        with _autocast_off(x.device.type):
+            # The projection with the attention folded in, transposed:
+            # mixed_t[(h, j), o] = sum_i attn[h, i, j] W[o, (h, i)], (B, C, C)
+            mixed_t = torch.matmul(
+                attn.transpose(-2, -1),
+                weight.float().view(C, h, d).permute(1, 2, 0)).reshape(
+                    B, C, C)
+        v = qkv[..., 2 * C:]  # (B, N, C), a strided view
+        mixed_t = mixed_t.to(v.dtype)
+        bias = self.proj.bias
+        if bias is None:
+            out = torch.bmm(v, mixed_t)
+        else:
+            out = torch.baddbmm(bias.to(v.dtype), v, mixed_t)
+        return self.proj_drop(out)
 
 
 class LPI(BaseModule):
     """Local patch interaction: depthwise 3x3 conv, act, norm, depthwise 3x3.
 
-    Tokens ``(B, H*W, C)`` are viewed as a channels-last image, so no copy is
-    made between the token and the image layout.
+    Tokens ``(B, H*W, C)`` are viewed as a channels-last image (the
+    depthwise convolutions run channels-last), so no copy is made between
+    the token and the image layout, in either direction.
     """
 
     def __init__(self,
@@ -209,7 +329,7 @@ class LPI(BaseModule):
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
         x = x.reshape(B, H, W, C).permute(0, 3, 1, 2)
-        x = self.conv2(self.bn(self.act(self.conv1(x))))
+        x = self.conv2(self.bn(_activate(self.act, self.conv1(x))))
         return x.permute(0, 2, 3, 1).reshape(B, N, C)
 
 
@@ -234,7 +354,16 @@ class Mlp(BaseModule):
 
 class XCABlock(BaseModule):
     """One XCiT layer: XCA, LPI and MLP, each pre-norm, layer-scaled and
-    residual (in that order, as published)."""
+    residual (in that order, as published).
+
+    The token tensor is kept contiguous ``(B, N, C)`` (the patch embedding
+    hands the first block a channel-major view, which every LayerNorm and
+    residual sum would otherwise copy or stride through), and each residual
+    update ``x + gamma * branch`` is one ``addcmul``. When no autograd graph
+    is recorded, the residual sums are written into the branch outputs and
+    the GELUs (MLP and LPI) act in place, so fewer large tensors are
+    allocated.
+    """
 
     def __init__(self,
                  dim: int,
@@ -262,11 +391,26 @@ class XCABlock(BaseModule):
         self.gamma3 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
         self.gamma2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
 
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.mlp(x)``; without autograd (and without hooks on
+        ``self.mlp``, which the direct calls of its layers would skip) its
+        activation runs in place."""
+        mlp = self.mlp
+        if torch.is_grad_enabled() or mlp._forward_hooks or \
+                mlp._forward_pre_hooks:
+            return mlp(x)
+        x = mlp.drop(_activate(mlp.act, mlp.fc1(x)))
+        return mlp.drop(mlp.fc2(x))
+
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        x = x + self.drop_path(self.gamma1 * self.attn(self.norm1(x)))
-        x = x + self.drop_path(
-            self.gamma3 * self.local_mp(self.norm3(x), H, W))
-        x = x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x)))
+        x = x.contiguous()
+        x = _scaled_residual(x, self.gamma1, self.attn(self.norm1(x)),
+                             self.drop_path)
+        x = _scaled_residual(x, self.gamma3,
+                             self.local_mp(self.norm3(x), H, W),
+                             self.drop_path)
+        x = _scaled_residual(x, self.gamma2, self._mlp(self.norm2(x)),
+                             self.drop_path)
         return x
 
 
