@@ -53,8 +53,8 @@ def parse_args(argv=None):
                         help='training iterations (default: the config\'s)')
     parser.add_argument('--val-interval', type=int, default=None,
                         help='iterations between evaluations')
-    parser.add_argument('--num-train', type=int, default=300)
-    parser.add_argument('--num-val', type=int, default=60)
+    parser.add_argument('--num-train', type=int, default=1000)
+    parser.add_argument('--num-val', type=int, default=100)
     parser.add_argument('--size', type=int, default=128,
                         help='image side of the generated data')
     parser.add_argument('--num-overlays', type=int, default=6)
@@ -134,6 +134,35 @@ def plot_curves(train, val, headline: str, out: str):
     plt.close(fig)
 
 
+def copy_enlarged(src: str, dst: str, factor: int = 2):
+    """Copies a held-out image at ``factor`` times its size (each pixel
+    repeated), so that the drawn labels stay legible. The test pipeline
+    resizes it back to the trained scale: the model sees the original."""
+    from PIL import Image
+    with Image.open(src) as img:
+        img.resize((img.width * factor, img.height * factor),
+                   Image.NEAREST).save(dst)
+
+
+def make_montage(paths, out: str, columns: int = 3):
+    """Puts the overlay images side by side in one PNG."""
+    from PIL import Image
+    if not paths:
+        raise RuntimeError('tools/infer.py wrote no overlays')
+    tiles = [Image.open(p).convert('RGB') for p in paths]
+    w = max(t.width for t in tiles)
+    h = max(t.height for t in tiles)
+    rows = (len(tiles) + columns - 1) // columns
+    cols = min(columns, len(tiles))
+    pad = 4
+    sheet = Image.new('RGB', (cols * (w + pad) - pad, rows * (h + pad) - pad),
+                      (255, 255, 255))
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % cols) * (w + pad), (i // cols) * (h + pad)))
+        tile.close()
+    sheet.save(out)
+
+
 def read_test_metrics(test_dir: str):
     files = sorted(glob.glob(osp.join(test_dir, '*', '*.json')))
     if not files:
@@ -165,10 +194,13 @@ def run_task(task: str, args) -> dict:
     os.makedirs(samples)
     val_dir = osp.join(args.data_root, spec['val_dir'])
     for name in sorted(os.listdir(val_dir))[:args.num_overlays]:
-        shutil.copy(osp.join(val_dir, name), samples)
+        copy_enlarged(osp.join(val_dir, name), osp.join(samples, name))
     overlays = osp.join(work, 'overlays')
     run([sys.executable, 'tools/infer.py', config, ckpt, samples, '--out',
          overlays])
+    montage = osp.join(work, 'overlays.png')
+    make_montage(
+        sorted(glob.glob(osp.join(overlays, 'vis', '*.png'))), montage)
 
     train, val = read_scalars(work)
     plot_curves(train, val, spec['headline'], osp.join(work, 'curves.png'))
@@ -186,6 +218,7 @@ def run_task(task: str, args) -> dict:
         overlays=sorted(
             osp.join(overlays, 'vis', n)
             for n in os.listdir(osp.join(overlays, 'vis'))),
+        montage=montage,
         curves=osp.join(work, 'curves.png'))
     with open(osp.join(work, 'metrics.json'), 'w') as f:
         json.dump(summary, f, indent=2)
@@ -211,6 +244,7 @@ def main(argv=None):
                   f'  {k}: {v}')
         print(f'  metrics: {osp.join(work, "metrics.json")}')
         print(f'  curves:  {res["curves"]}')
+        print(f'  overlays side by side: {res["montage"]}')
         print(f'  overlays: {osp.dirname(res["overlays"][0])} '
               f'({len(res["overlays"])} images)' if res['overlays'] else '')
     print(f'total wall time: {time.time() - start:.0f} s')

@@ -13,7 +13,7 @@ def demo(tmp_path_factory):
     _, out, seconds = run_tool([
         'tools/run_demo.sh', '--work-dir', str(root / 'work'), '--data-root',
         str(root / 'data'), '--num-train', '8', '--num-val', '4', '--size',
-        '64', '--iters', '4', '--num-overlays', '3'
+        '64', '--iters', '4', '--num-overlays', '3', '--seg'
     ])
     print(f'shortened demo: {seconds:.1f} s')
     return root, out
@@ -33,7 +33,22 @@ def test_demo_writes_every_artefact(demo):
     for path in metrics['overlays'] + [metrics['curves']]:
         with Image.open(path) as img:
             assert img.size[0] > 0
+    with Image.open(metrics['montage']) as img:  # 3 overlays in a row, 2x size
+        assert img.size == (3 * 128 + 2 * 4, 128)
     assert (root / 'data' / 'annotations' / 'instances_val.json').is_file()
+
+
+def test_demo_seg_flag_trains_a_semantic_fpn(demo):
+    root, out = demo
+    metrics = json.loads(
+        (root / 'work' / 'seg' / 'metrics.json').read_text())
+    assert metrics['config'].endswith('fpn_xcit_n12_p8_shapes.py')
+    assert metrics['iterations'] == 4
+    assert 0.0 <= metrics['metrics']['mIoU'] <= 100.0
+    assert len(metrics['overlays']) == 3
+    assert '[seg]' in out and 'mIoU:' in out
+    with Image.open(metrics['overlays'][0]) as img:
+        assert img.size == (128, 128)  # the held-out image, enlarged 2x
 
 
 def test_infer_tool_writes_an_overlay(demo, tmp_path):

@@ -83,31 +83,48 @@ def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 def draw_sample(rng: np.random.Generator,
                 size: int = 128,
-                max_shapes: int = 4) -> Dict:
-    """One image, its visible instance masks and its semantic label map."""
+                max_shapes: int = 4,
+                min_visible: float = 0.6,
+                tries: int = 10) -> Dict:
+    """One image, its visible instance masks and its semantic label map.
+
+    Shapes overlap, but a new shape is placed (in up to ``tries`` random
+    positions) only where every shape under it keeps at least
+    ``min_visible`` of its own area in view; where none fits, it is left
+    out. Sides range from a fifth to a half of the image.
+    """
     h = w = size
     img = _background(h, w, rng)
     labels = np.ones((h, w), np.uint8)  # 1 = background
     owner = np.full((h, w), -1, np.int32)
-    instances = []
-    for idx in range(int(rng.integers(1, max_shapes + 1))):
+    instances = []  # (class, full area)
+    for _ in range(int(rng.integers(1, max_shapes + 1))):
         cls = int(rng.integers(len(CLASSES)))
-        mask = _shape_mask(CLASSES[cls], h, w, rng, size // 6, size // 2)
+        for _ in range(tries):
+            mask = _shape_mask(CLASSES[cls], h, w, rng, size // 5,
+                               size // 2)
+            hidden = np.bincount(
+                owner[mask & (owner >= 0)], minlength=len(instances))
+            if all((owner == i).sum() - hidden[i] >= min_visible * area
+                   for i, (_, area) in enumerate(instances)):
+                break
+        else:
+            continue
         colour = rng.uniform(0, 255, 3)
         shade = rng.normal(0, 8, (h, w, 3))
         img[mask] = np.clip(colour + shade[mask], 0, 255)
-        owner[mask] = idx
+        owner[mask] = len(instances)
         labels[mask] = cls + 2
-        instances.append(cls)
+        instances.append((cls, int(mask.sum())))
     # a one-pixel unlabelled rim around each shape, as ADE20k's boundaries
     edge = np.zeros((h, w), bool)
     edge[1:, :] |= owner[1:, :] != owner[:-1, :]
     edge[:, 1:] |= owner[:, 1:] != owner[:, :-1]
     labels[edge] = 0
     masks = []
-    for idx, cls in enumerate(instances):
+    for idx, (cls, _) in enumerate(instances):
         visible = owner == idx
-        if visible.sum() >= 16:  # drop shapes hidden almost entirely
+        if visible.sum() >= 16:  # tiny images: drop specks of shapes
             masks.append((cls, visible))
     return dict(
         image=np.clip(img, 0, 255).astype(np.uint8),
@@ -133,8 +150,8 @@ def _coco_annotation(mask: np.ndarray, ann_id: int, img_id: int,
 
 
 def generate(root: str,
-             num_train: int = 300,
-             num_val: int = 60,
+             num_train: int = 1000,
+             num_val: int = 100,
              size: int = 128,
              seed: int = 0,
              progress: bool = True) -> dict:
@@ -217,8 +234,8 @@ def main(argv: Optional[List[str]] = None):
     import argparse
     parser = argparse.ArgumentParser(description='Generate the shapes data')
     parser.add_argument('root')
-    parser.add_argument('--num-train', type=int, default=300)
-    parser.add_argument('--num-val', type=int, default=60)
+    parser.add_argument('--num-train', type=int, default=1000)
+    parser.add_argument('--num-val', type=int, default=100)
     parser.add_argument('--size', type=int, default=128)
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
