@@ -61,6 +61,18 @@ def test_semantic_labels_agree_with_instances():
         assert (inside == cls + 2).mean() > 0.5
 
 
+def test_shapes_overlap_but_stay_mostly_in_view():
+    rng = np.random.default_rng(3)
+    fractions = []
+    for _ in range(40):
+        sample = draw_sample(rng)
+        assert len(sample['in_view']) == len(sample['masks'])
+        fractions += sample['in_view']
+    fractions = np.array(fractions)
+    assert (fractions >= 0.6).all() and (fractions <= 1.0).all()
+    assert (fractions < 0.95).sum() >= 5  # overlaps do happen
+
+
 def test_seeded_and_guarded(tmp_path):
     a = draw_sample(np.random.default_rng(7))
     b = draw_sample(np.random.default_rng(7))

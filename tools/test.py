@@ -123,14 +123,18 @@ def main(argv=None):
     if args.out:
         set_output(cfg, args.out)
 
-    init_cpu_distributed(args.launcher, cfg)
+    cpu_distributed = init_cpu_distributed(args.launcher, cfg)
     if 'runner_type' in cfg:
         from mmengine.registry import RUNNERS
         runner = RUNNERS.build(cfg)
     else:
         runner = Runner.from_cfg(cfg)
     runner.test()
+    return cpu_distributed
 
 
 if __name__ == '__main__':
-    main()
+    if main():
+        # gloo ranks can abort in interpreter teardown after a clean run
+        from xcit_mm.engine import exit_cpu_distributed
+        exit_cpu_distributed()

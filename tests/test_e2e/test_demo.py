@@ -28,7 +28,9 @@ def test_demo_writes_every_artefact(demo):
     metrics = json.loads((work / 'metrics.json').read_text())
     assert {'coco/bbox_mAP', 'coco/segm_mAP'} <= set(metrics['metrics'])
     assert metrics['iterations'] == 4
-    assert 0.0 <= metrics['metrics']['coco/bbox_mAP'] <= 1.0
+    # 4 iterations on 8 images learn next to nothing: the held-out data
+    # is not trivially matched
+    assert 0.0 <= metrics['metrics']['coco/bbox_mAP'] < 0.05
     assert len(metrics['overlays']) == 3
     for path in metrics['overlays'] + [metrics['curves']]:
         with Image.open(path) as img:

@@ -1,8 +1,9 @@
 """A built-in dataset of coloured shapes, with no download.
 
 Each image holds a few filled shapes (circle, rectangle, triangle) of random
-size, colour and position, overlapping one another, on a cluttered
-background (colour gradient, noise, thin random lines and small specks).
+size, colour and position, overlapping one another (each kept at least 60%
+in view), on a cluttered background (colour gradient, noise, thin random
+lines and small specks).
 Colours carry no information about the class; only the form does.
 
 Written in two formats, from the same drawings:
@@ -88,6 +89,10 @@ def draw_sample(rng: np.random.Generator,
                 tries: int = 10) -> Dict:
     """One image, its visible instance masks and its semantic label map.
 
+    Returns a dict: ``image`` (H, W, 3) uint8, ``masks`` a list of
+    ``(class index, visible mask)``, ``in_view`` the visible fraction of each
+    of those shapes, ``labels`` the (H, W) label map.
+
     Shapes overlap, but a new shape is placed (in up to ``tries`` random
     positions) only where every shape under it keeps at least
     ``min_visible`` of its own area in view; where none fits, it is left
@@ -121,14 +126,16 @@ def draw_sample(rng: np.random.Generator,
     edge[1:, :] |= owner[1:, :] != owner[:-1, :]
     edge[:, 1:] |= owner[:, 1:] != owner[:, :-1]
     labels[edge] = 0
-    masks = []
-    for idx, (cls, _) in enumerate(instances):
+    masks, in_view = [], []
+    for idx, (cls, area) in enumerate(instances):
         visible = owner == idx
         if visible.sum() >= 16:  # tiny images: drop specks of shapes
             masks.append((cls, visible))
+            in_view.append(float(visible.sum()) / area)
     return dict(
         image=np.clip(img, 0, 255).astype(np.uint8),
         masks=masks,
+        in_view=in_view,
         labels=labels)
 
 

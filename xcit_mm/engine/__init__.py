@@ -1,3 +1,4 @@
-from .launch import CPUCompatibleDDP, init_cpu_distributed
+from .launch import (CPUCompatibleDDP, exit_cpu_distributed,
+                     init_cpu_distributed)
 
-__all__ = ['CPUCompatibleDDP', 'init_cpu_distributed']
+__all__ = ['CPUCompatibleDDP', 'exit_cpu_distributed', 'init_cpu_distributed']

@@ -9,7 +9,9 @@ group before the runner (which then skips its own ``init_dist``), and
 plain batch norms.
 """
 import atexit
+import gc
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -37,6 +39,27 @@ class CPUCompatibleDDP(MMDistributedDataParallel):
 def _destroy_process_group():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_cpu_distributed(code: int = 0):
+    """Ends a CPU-distributed run that completed: waits for every rank,
+    closes the gloo group and leaves the process at once.
+
+    Left to the interpreter's own exit, a gloo rank that has finished all
+    its work sometimes aborts in C++ teardown ("terminate called without an
+    active exception", exit -6), which torchrun reports as a failed job.
+    Call it only after the work is done and written: it skips the remaining
+    interpreter clean-up.
+    """
+    gc.collect()  # shuts down the dataloader workers of a finished runner
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    import logging
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def init_cpu_distributed(launcher: str, cfg) -> bool:
