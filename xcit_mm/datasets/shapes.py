@@ -105,12 +105,13 @@ def draw_sample(rng: np.random.Generator,
     instances = []  # (class, full area)
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         cls = int(rng.integers(len(CLASSES)))
+        in_sight = np.bincount(owner[owner >= 0], minlength=len(instances))
         for _ in range(tries):
             mask = _shape_mask(CLASSES[cls], h, w, rng, size // 5,
                                size // 2)
             hidden = np.bincount(
                 owner[mask & (owner >= 0)], minlength=len(instances))
-            if all((owner == i).sum() - hidden[i] >= min_visible * area
+            if all(in_sight[i] - hidden[i] >= min_visible * area
                    for i, (_, area) in enumerate(instances)):
                 break
         else:
@@ -129,9 +130,10 @@ def draw_sample(rng: np.random.Generator,
     masks, in_view = [], []
     for idx, (cls, area) in enumerate(instances):
         visible = owner == idx
-        if visible.sum() >= 16:  # tiny images: drop specks of shapes
+        seen = int(visible.sum())
+        if seen >= 16:  # tiny images: drop specks of shapes
             masks.append((cls, visible))
-            in_view.append(float(visible.sum()) / area)
+            in_view.append(seen / area)
     return dict(
         image=np.clip(img, 0, 255).astype(np.uint8),
         masks=masks,
