@@ -2,7 +2,7 @@
 
     python tools/demo.py [--work-dir work_dirs/demo] [--seg]
 
-1. generates the shapes dataset (xcit_mm.datasets.shapes) once, seeded;
+1. generates the shapes dataset (tools/shapes_data.py) once, seeded;
 2. trains configs/demo/mask_rcnn_xcit_n12_p8_shapes.py with tools/train.py;
 3. evaluates the last checkpoint on the held-out split with tools/test.py
    (the COCO evaluator);
@@ -11,7 +11,9 @@
    metrics.json.
 
 ``--seg`` does the same for a Semantic FPN on the semantic labels (mIoU).
-Every step runs the project's real tools, as a user would.
+Every step runs the project's real tools, as a user would. Training,
+evaluation and inference run in mixed precision (``--amp``: bfloat16 on a
+CPU that has it natively) unless ``--fp32`` is given or the CPU lacks bf16.
 """
 import argparse
 import glob
@@ -59,7 +61,27 @@ def parse_args(argv=None):
                         help='image side of the generated data')
     parser.add_argument('--num-overlays', type=int, default=6)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--fp32', action='store_true',
+                        help='no mixed precision (default: bf16 where the '
+                        'CPU supports it, fp16 AMP on a GPU)')
     return parser.parse_args(argv)
+
+
+def precision_flags(fp32: bool):
+    """``['--amp']`` unless fp32 is asked for or the CPU has no bf16."""
+    import torch
+
+    from xcit_mm.engine import cpu_supports_bf16
+    if fp32:
+        print('precision: fp32 (--fp32)')
+        return []
+    if torch.cuda.is_available() or cpu_supports_bf16():
+        print('precision: mixed (--amp: ' + (
+            'fp16 on the GPU)' if torch.cuda.is_available() else
+            'bfloat16 on the CPU)'))
+        return ['--amp']
+    print('precision: fp32 (this CPU has no native bfloat16)')
+    return []
 
 
 def run(cmd):
@@ -176,16 +198,17 @@ def run_task(task: str, args) -> dict:
     work = osp.abspath(osp.join(args.work_dir, task))
     config = spec['config']
     opts = data_options(task, args.data_root, args.iters, args.val_interval)
+    amp = precision_flags(args.fp32)
     start = time.time()
-    run([sys.executable, 'tools/train.py', config, '--work-dir', work,
-         '--cfg-options'] + opts)
+    run([sys.executable, 'tools/train.py', config, '--work-dir', work] +
+        amp + ['--cfg-options'] + opts)
     train_seconds = time.time() - start
     with open(osp.join(work, 'last_checkpoint')) as f:
         ckpt = f.read().strip()
 
     test_dir = osp.join(work, 'test')
     run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir',
-         test_dir, '--cfg-options'] + opts[:3] + [
+         test_dir] + amp + ['--cfg-options'] + opts[:3] + [
              o for o in opts if o.startswith('test_evaluator')])
     metrics = read_test_metrics(test_dir)
 
@@ -197,7 +220,7 @@ def run_task(task: str, args) -> dict:
         copy_enlarged(osp.join(val_dir, name), osp.join(samples, name))
     overlays = osp.join(work, 'overlays')
     run([sys.executable, 'tools/infer.py', config, ckpt, samples, '--out',
-         overlays])
+         overlays] + amp)
     montage = osp.join(work, 'overlays.png')
     make_montage(
         sorted(glob.glob(osp.join(overlays, 'vis', '*.png'))), montage)
@@ -207,6 +230,7 @@ def run_task(task: str, args) -> dict:
     summary = dict(
         task=task,
         config=config,
+        precision='mixed' if amp else 'fp32',
         checkpoint=ckpt,
         train_seconds=round(train_seconds, 1),
         iterations=int(re.search(r'iter_(\d+)\.pth', ckpt).group(1)),
@@ -227,7 +251,7 @@ def run_task(task: str, args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    from xcit_mm.datasets.shapes import generate
+    from shapes_data import generate
     start = time.time()
     generate(args.data_root, args.num_train, args.num_val, args.size,
              args.seed)

@@ -1,12 +1,15 @@
 """Run a trained detector or segmentor on images and write overlays.
 
     python tools/infer.py CONFIG CHECKPOINT IMAGE_OR_DIR --out DIR
-        [--device cpu] [--score-thr 0.3] [--batch-size 1]
+        [--device cpu] [--score-thr 0.3] [--batch-size 1] [--amp]
 
 Uses mmdet's DetInferencer (for a config with default_scope='mmdet') or
 mmseg's MMSegInferencer ('mmseg'), with xcit_mm imported. Overlays go to
 DIR/vis/, predictions (JSON for detection, label PNGs for segmentation) to
-DIR/pred/.
+DIR/pred/. Each image is checked first (readable, not empty, at least
+MIN_SIDE pixels a side, at most MAX_ASPECT:1): a bad one is reported by
+name and skipped, the others are processed, and the exit status is 1 if any
+was skipped.
 """
 import argparse
 import os
@@ -15,7 +18,11 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from launch_utils import load_config  # noqa: E402
+
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+MIN_SIDE = 8
+MAX_ASPECT = 100
 
 
 def parse_args(argv=None):
@@ -30,7 +37,30 @@ def parse_args(argv=None):
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: lowest score drawn')
     parser.add_argument('--batch-size', type=int, default=1)
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (on a CPU: bfloat16)')
     return parser.parse_args(argv)
+
+
+def check_image(path: str):
+    """None if ``path`` is an image the model can take, else the reason."""
+    import cv2
+    import numpy as np
+    if osp.getsize(path) == 0:
+        return 'the file is empty'
+    with open(path, 'rb') as f:
+        data = np.frombuffer(f.read(), np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return 'not a readable image (corrupt, or not an image format)'
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        return f'{w}x{h} pixels: each side needs at least {MIN_SIDE}'
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        return (f'{w}x{h} pixels: more than {MAX_ASPECT}:1 between the sides '
+                '(resizing it for the model would squash one side to '
+                'nothing)')
+    return None
 
 
 def list_images(path: str):
@@ -52,7 +82,6 @@ def main(argv=None):
     import torch
 
     import xcit_mm  # noqa: F401  (registers XCiT; safe checkpoint loading)
-    from xcit_mm.engine.config import load_config
 
     try:
         cfg = load_config(args.config)
@@ -60,27 +89,43 @@ def main(argv=None):
         sys.exit(f'error: {err}')
     if not osp.isfile(args.checkpoint):
         sys.exit(f'error: checkpoint not found: {args.checkpoint!r}')
-    images = list_images(args.inputs)
+    images, skipped = [], []
+    for path in list_images(args.inputs):
+        reason = check_image(path)
+        if reason:
+            skipped.append(path)
+            print(f'skipped {path}: {reason}', file=sys.stderr)
+        else:
+            images.append(path)
+    if not images:
+        sys.exit('error: no usable image')
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     os.makedirs(args.out, exist_ok=True)
 
+    device_type = torch.device(device).type
+    autocast = torch.autocast(device_type, enabled=args.amp,
+                              dtype=torch.bfloat16 if device_type == 'cpu'
+                              else None)
     if cfg.default_scope == 'mmdet':
         from mmdet.apis import DetInferencer
         inferencer = DetInferencer(
             model=cfg, weights=args.checkpoint, device=device,
             scope='mmdet', show_progress=False)
-        inferencer(images, out_dir=args.out, batch_size=args.batch_size,
-                   pred_score_thr=args.score_thr, no_save_pred=False)
+        with autocast:
+            inferencer(images, out_dir=args.out, batch_size=args.batch_size,
+                       pred_score_thr=args.score_thr, no_save_pred=False)
     else:
         from mmseg.apis import MMSegInferencer
         inferencer = MMSegInferencer(
             model=cfg, weights=args.checkpoint, device=device,
             scope='mmseg')
-        inferencer(images, out_dir=args.out, batch_size=args.batch_size,
-                   show=False)
+        with autocast:
+            inferencer(images, out_dir=args.out, batch_size=args.batch_size,
+                       show=False)
     written = sorted(os.listdir(osp.join(args.out, 'vis')))
     print(f'wrote {len(written)} overlays to {osp.join(args.out, "vis")}')
+    return 1 if skipped else 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -1,12 +1,14 @@
 """Evaluate a checkpoint: COCO box/mask AP (mmdet) or mIoU (mmseg).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE]
-        [--show] [--show-dir DIR] [--tta] [--cfg-options k=v ...]
-        [--launcher pytorch]
+        [--show] [--show-dir DIR] [--tta] [--amp] [--allow-partial-load]
+        [--cfg-options k=v ...] [--launcher pytorch]
 
 Checkpoints are read with torch's weights-only loader (xcit_mm allows the
-few globals that mmengine's own checkpoints hold). For the authors' mmdet
-2.x / mmseg 0.x releases, convert first with
+few globals that mmengine's own checkpoints hold) and must fit the model
+exactly: a missing, unexpected or differently shaped tensor is an error
+(``--allow-partial-load`` evaluates anyway, on purpose). For the authors'
+mmdet 2.x / mmseg 0.x releases, convert first with
 tools/model_converters/xcit2mm.py.
 """
 import argparse
@@ -17,6 +19,9 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
+
+from launch_utils import (check_dataset_paths, exit_cpu_distributed,  # noqa: E402,E501
+                          init_cpu_distributed, load_config, set_work_dir)
 
 
 def parse_args(argv=None):
@@ -37,6 +42,12 @@ def parse_args(argv=None):
     parser.add_argument('--tta', action='store_true',
                         help='test-time augmentation (the config\'s '
                         'tta_model and tta_pipeline)')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (on a CPU: bfloat16)')
+    parser.add_argument('--allow-partial-load', action='store_true',
+                        help='evaluate even if the checkpoint does not fit '
+                        'the model (missing or mismatched tensors stay as '
+                        'initialised)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
     parser.add_argument('--launcher', default='none',
@@ -99,12 +110,40 @@ def set_output(cfg, out):
         cfg.test_evaluator['keep_results'] = True
 
 
+def load_weights(runner, checkpoint: str, strict: bool):
+    """Loads ``checkpoint`` into the runner's model; strictly, unless asked
+    otherwise: a checkpoint of another model is an error naming what does
+    not fit, not an evaluation of random weights."""
+    from mmengine.runner.checkpoint import load_state_dict
+
+    from xcit_mm.weights import CheckpointError, read_checkpoint
+    model = runner.model
+    while hasattr(model, 'module'):  # DDP and TTA wrappers
+        model = model.module
+    try:
+        ckpt = read_checkpoint(checkpoint)
+    except CheckpointError as err:
+        sys.exit(f'error: {err}')
+    state_dict = ckpt.get('state_dict', ckpt)
+    state_dict = {(k[len('module.'):] if k.startswith('module.') else k): v
+                  for k, v in state_dict.items()}
+    try:
+        load_state_dict(model, state_dict, strict=strict, logger='current')
+    except RuntimeError as err:
+        sys.exit(
+            f'error: {checkpoint} does not fit the model of {runner.cfg.filename}'
+            f':\n{str(err)[:3000]}\nUse a checkpoint trained with this config '
+            '(convert the authors\' models with '
+            'tools/model_converters/xcit2mm.py), or pass '
+            '--allow-partial-load to evaluate anyway.')
+    meta = ckpt.get('meta') or {}
+    if meta.get('dataset_meta') and hasattr(model, 'dataset_meta'):
+        model.dataset_meta = meta['dataset_meta']
+
+
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.runner import Runner
-    from xcit_mm.engine import init_cpu_distributed
-    from xcit_mm.engine.config import (check_dataset_paths, load_config,
-                                       set_work_dir)
 
     try:
         cfg = load_config(args.config, args.cfg_options)
@@ -115,7 +154,9 @@ def main(argv=None):
     if not osp.isfile(args.checkpoint):
         sys.exit(f'error: checkpoint not found: {args.checkpoint!r}')
     cfg.launcher = args.launcher
-    cfg.load_from = args.checkpoint
+    cfg.load_from = None  # loaded below, strictly unless asked otherwise
+    if args.amp:
+        cfg.test_cfg['fp16'] = True  # mmengine's autocast: bf16 on a CPU
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.tta:
@@ -129,6 +170,7 @@ def main(argv=None):
         runner = RUNNERS.build(cfg)
     else:
         runner = Runner.from_cfg(cfg)
+    load_weights(runner, args.checkpoint, strict=not args.allow_partial_load)
     runner.test()
     return cpu_distributed
 
@@ -136,5 +178,4 @@ def main(argv=None):
 if __name__ == '__main__':
     if main():
         # gloo ranks can abort in interpreter teardown after a clean run
-        from xcit_mm.engine import exit_cpu_distributed
         exit_cpu_distributed()

@@ -15,13 +15,18 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
+from launch_utils import (check_dataset_paths, exit_cpu_distributed,  # noqa: E402,E501
+                          init_cpu_distributed, load_config, set_work_dir,
+                          setup_amp)
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--amp', action='store_true',
-                        help='enable automatic mixed precision training')
+                        help='enable automatic mixed precision training '
+                        '(on a CPU: bfloat16 where the CPU supports it)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr with the total batch size')
     parser.add_argument(
@@ -43,10 +48,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from mmengine.logging import print_log
     from mmengine.runner import Runner
-    from xcit_mm.engine import init_cpu_distributed
-    from xcit_mm.engine.config import (check_dataset_paths, load_config,
-                                       set_work_dir, use_fp32_on_cpu)
 
     try:
         cfg = load_config(args.config, args.cfg_options)
@@ -57,12 +60,7 @@ def main(argv=None):
         sys.exit(f'error: {err}')
     cfg.launcher = args.launcher
 
-    if args.amp:
-        wrapper = cfg.optim_wrapper
-        if wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
-            wrapper['type'] = 'AmpOptimWrapper'
-            wrapper.setdefault('loss_scale', 'dynamic')
-    use_fp32_on_cpu(cfg)
+    precision = setup_amp(cfg, args.amp)
 
     if args.auto_scale_lr:
         if not cfg.get('auto_scale_lr'):
@@ -86,6 +84,8 @@ def main(argv=None):
         runner = RUNNERS.build(cfg)
     else:
         runner = Runner.from_cfg(cfg)
+    if precision:
+        print_log(f'mixed precision: {precision}', logger='current')
     runner.train()
     return cpu_distributed
 
@@ -93,5 +93,4 @@ def main(argv=None):
 if __name__ == '__main__':
     if main():
         # gloo ranks can abort in interpreter teardown after a clean run
-        from xcit_mm.engine import exit_cpu_distributed
         exit_cpu_distributed()

@@ -1,24 +1,15 @@
-default_scope = 'mmdet'
+# Runtime of the detection configs: mmdet's (default_scope 'mmdet', hooks,
+# visualizer, env) plus the plugin import and its safety hooks: atomic
+# checkpoints (the last 3 kept) with a resume that falls back to the newest
+# intact one, a stop on a non-finite loss, a start-up check of num_classes and
+# channels against the data, and a lock on the work dir.
+_base_ = 'mmdet::_base_/default_runtime.py'
 custom_imports = dict(imports=['xcit_mm'], allow_failed_imports=False)
 
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=50),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='DetVisualizationHook'))
-
-env_cfg = dict(
-    cudnn_benchmark=False,
-    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
-    dist_cfg=dict(backend='nccl'))
-
-vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(
-    type='DetLocalVisualizer', vis_backends=vis_backends, name='visualizer')
-log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
-
-log_level = 'INFO'
-load_from = None
-resume = False
+    checkpoint=dict(type='AtomicCheckpointHook', max_keep_ckpts=3))
+custom_hooks = [
+    dict(type='WorkDirLockHook'),
+    dict(type='FiniteLossHook'),
+    dict(type='XCiTConfigCheckHook'),
+]

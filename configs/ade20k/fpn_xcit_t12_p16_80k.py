@@ -1,9 +1,7 @@
 _base_ = [
     '../_base_/models/fpn_xcit.py', '../_base_/datasets/ade20k.py',
-    '../_base_/schedules/ade20k_80k_adamw.py'
+    '../_base_/seg_runtime.py', '../_base_/schedules/ade20k_80k_adamw.py'
 ]
-default_scope = 'mmseg'
-custom_imports = dict(imports=['xcit_mm'], allow_failed_imports=False)
 
 # XCiT-T12/16: ImageNet-1k, distilled, 384 px
 pretrained = 'https://dl.fbaipublicfiles.com/xcit/xcit_tiny_12_p16_384_dist.pth'

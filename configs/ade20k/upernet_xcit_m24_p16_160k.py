@@ -1,10 +1,7 @@
 _base_ = [
-    '../_base_/models/upernet_xcit.py',
-    '../_base_/datasets/ade20k.py',
-    '../_base_/schedules/ade20k_160k_adamw.py'
+    '../_base_/models/upernet_xcit.py', '../_base_/datasets/ade20k.py',
+    '../_base_/seg_runtime.py', '../_base_/schedules/ade20k_160k_adamw.py'
 ]
-default_scope = 'mmseg'
-custom_imports = dict(imports=['xcit_mm'], allow_failed_imports=False)
 
 # XCiT-M24/16: ImageNet-1k, distilled, 384 px
 pretrained = 'https://dl.fbaipublicfiles.com/xcit/xcit_medium_24_p16_384_dist.pth'

@@ -3,8 +3,6 @@ _base_ = [
     '../_base_/datasets/coco_instance.py',
     '../_base_/schedules/coco_3x_adamw.py', '../_base_/det_runtime.py'
 ]
-default_scope = 'mmdet'
-custom_imports = dict(imports=['xcit_mm'], allow_failed_imports=False)
 
 # XCiT-S24/16: ImageNet-1k, distilled, 384 px
 pretrained = 'https://dl.fbaipublicfiles.com/xcit/xcit_small_24_p16_384_dist.pth'

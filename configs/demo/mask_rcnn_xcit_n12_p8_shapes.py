@@ -1,16 +1,13 @@
 # The built-in demo: a small XCiT Mask R-CNN learning the generated shapes
-# dataset (xcit_mm.datasets.shapes) from scratch on a CPU: 560 iterations of
-# 8 images, about 8 minutes on 2 cores, held-out box mAP above 0.5.
+# dataset (ShapesDataset, xcit_mm.datasets) from scratch on a CPU: 560
+# iterations of 8 images, held-out box mAP above 0.5.
 # Run it with `bash tools/run_demo.sh` (or tools/train.py on this file after
-# `python -m xcit_mm.datasets.shapes data/shapes`).
+# `python tools/shapes_data.py data/shapes`).
 _base_ = ['../_base_/models/mask_rcnn_xcit_fpn.py', '../_base_/det_runtime.py']
-default_scope = 'mmdet'
-custom_imports = dict(imports=['xcit_mm'], allow_failed_imports=False)
+custom_imports = dict(
+    imports=['xcit_mm', 'xcit_mm.datasets'], allow_failed_imports=False)
 
 data_root = 'data/shapes/'
-metainfo = dict(
-    classes=('circle', 'rectangle', 'triangle'),
-    palette=[(220, 20, 60), (0, 130, 200), (255, 180, 0)])
 norm_cfg = dict(type='BN', requires_grad=True)
 img_scale = (128, 128)
 width = 64  # FPN and head channels, narrower than COCO's 256
@@ -26,20 +23,22 @@ model = dict(
     roi_head=dict(
         # a fixed 2x2 sampling per bin keeps RoIAlign cheap on the CPU
         bbox_roi_extractor=dict(
-            out_channels=width, roi_layer=dict(sampling_ratio=2, use_torchvision=True)),
-        bbox_head=dict(
-            in_channels=width, fc_out_channels=256, num_classes=3),
+            out_channels=width,
+            roi_layer=dict(sampling_ratio=2, use_torchvision=True)),
+        bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=3),
         mask_roi_extractor=dict(
-            out_channels=width, roi_layer=dict(sampling_ratio=2, use_torchvision=True)),
+            out_channels=width,
+            roi_layer=dict(sampling_ratio=2, use_torchvision=True)),
         mask_head=dict(
-            in_channels=width, conv_out_channels=64, num_convs=2,
+            in_channels=width,
+            conv_out_channels=64,
+            num_convs=2,
             num_classes=3)),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=500, max_per_img=200),
         rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
-        rpn=dict(nms_pre=500, max_per_img=200),
-        rcnn=dict(max_per_img=20)))
+        rpn=dict(nms_pre=500, max_per_img=200), rcnn=dict(max_per_img=20)))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -63,9 +62,8 @@ train_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(
-        type='CocoDataset',
+        type='ShapesDataset',
         data_root=data_root,
-        metainfo=metainfo,
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='train/'),
         filter_cfg=dict(filter_empty_gt=True),
@@ -77,9 +75,8 @@ val_dataloader = dict(
     drop_last=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
-        type='CocoDataset',
+        type='ShapesDataset',
         data_root=data_root,
-        metainfo=metainfo,
         ann_file='annotations/instances_val.json',
         data_prefix=dict(img='val/'),
         test_mode=True,
@@ -98,24 +95,24 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999),
-                   weight_decay=0.05),
+    optimizer=dict(
+        type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(
         norm_decay_mult=0., custom_keys={'.temperature': dict(decay_mult=0.)}),
     clip_grad=dict(max_norm=10.0))
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0,
-         end=50),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters,
-         eta_min=1e-6)
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(
+        type='CosineAnnealingLR',
+        by_epoch=False,
+        begin=50,
+        end=max_iters,
+        eta_min=1e-6)
 ]
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
+    logger=dict(interval=20, log_metric_by_epoch=False),
     checkpoint=dict(
-        type='CheckpointHook', by_epoch=False, interval=140,
-        max_keep_ckpts=1, save_last=True))
-log_processor = dict(type='LogProcessor', window_size=20, by_epoch=False)
-visualizer = dict(
-    type='DetLocalVisualizer', vis_backends=[dict(type='LocalVisBackend')])
+        by_epoch=False, interval=140, max_keep_ckpts=1, save_last=True))
+log_processor = dict(window_size=20, by_epoch=False)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)

@@ -1,224 +1,159 @@
-"""FLOPs (multiply-adds, one counted once, as mmengine counts) and
-parameters of the XCiT backbone, of a whole model, or of the ImageNet
-classification XCiT.
-
-Examples::
+"""FLOPs and parameters with mmengine's ``FlopAnalyzer`` (one multiply-add
+counted once; norms as mmengine counts them): the XCiT backbone, a whole
+detector / segmentor from a config, or every preset beside the paper.
 
     # our backbone (adapter included) for a 512 x 512 input
     python tools/analysis/get_flops.py small-12 --patch-size 8 --shape 512 512
 
-    # the ImageNet model as in the paper's table (2 class-attention layers
-    # and the head included), next to the published figures
-    python tools/analysis/get_flops.py small-12 --imagenet
-
-    # every preset: backbone at --shape and ImageNet model at 224 x 224
+    # every preset: backbone at 224 x 224, and timm's ImageNet classifier
+    # (2 class-attention layers and the head) beside the published figures
     python tools/analysis/get_flops.py --all-presets
 
-    # a config: its backbone and the whole detector / segmentor
+    # a config (ours or mmdet::/mmseg::): the whole model in 'tensor' mode
     python tools/analysis/get_flops.py configs/coco/mask_rcnn_xcit_s12_p8.py \\
         --shape 800 1216
 
-Attention modules are counted from their maths (XCA: ``qkv``, the two
-``d_h x d_h`` products per head, ``proj``), whatever kernels run them; see
-``xcit_mm/analysis/flops.py`` for the conventions.
+XCA's products are ``einsum`` calls, which mmengine counts; so do mmdet's
+and mmseg's own ``get_flops.py``.
 """
 import argparse
-import json
-import os
 import os.path as osp
 import sys
+from functools import partial
 
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+import subjects  # noqa: E402
+
+# ImageNet classifiers at 224 x 224 (2 class-attention layers and the head
+# included), as published: (parameters in millions, GMACs).
+PUBLISHED_IMAGENET = {
+    ('nano-12', 16): (3.05, 0.56), ('tiny-12', 16): (6.72, 1.24),
+    ('tiny-24', 16): (12.1, 2.34), ('small-12', 16): (26.25, 4.81),
+    ('small-24', 16): (47.7, 9.10), ('medium-24', 16): (84.4, 16.13),
+    ('large-24', 16): (189.1, 35.86), ('nano-12', 8): (None, 2.16),
+    ('tiny-12', 8): (None, 4.81), ('tiny-24', 8): (None, 9.21),
+    ('small-12', 8): (None, 18.69), ('small-24', 8): (None, 35.81),
+    ('medium-24', 8): (None, 63.52), ('large-24', 8): (None, 141.23),
+}
+
+
+def count(model: torch.nn.Module, inputs):
+    """(total multiply-adds, {top-level part: multiply-adds}, parameters)."""
+    from mmengine.analysis import FlopAnalyzer, parameter_count
+    analyzer = FlopAnalyzer(model.eval(), inputs)
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    with torch.no_grad():
+        total = analyzer.total()
+    parts = {k: v for k, v in analyzer.by_module().items()
+             if k and '.' not in k}
+    return total, parts, parameter_count(model)['']
+
+
+def backbone_report(arch, patch_size, shape):
+    model = subjects.backbone(arch, patch_size)
+    total, parts, params = count(model, (torch.zeros(1, 3, *shape), ))
+    print(f'XCiT {model.arch} patch {patch_size}, input {shape[0]}x'
+          f'{shape[1]}: {params / 1e6:.2f} M parameters, '
+          f'{total / 1e9:.3f} GMACs')
+    for name, macs in parts.items():
+        print(f'  {name}: {macs / 1e9:.3f} GMACs')
+    return total, parts, params
+
+
+def config_report(path, shape):
+    cfg = subjects.load_model_config(path)
+    model = subjects.build_model(cfg).eval()
+    inputs, samples = subjects.make_batch(model, cfg.default_scope, 1,
+                                          *shape, with_targets=False)
+    data = model.data_preprocessor(dict(inputs=[inputs[0]],
+                                        data_samples=samples))
+    # as mmdet's get_flops.py: the model's tensor-mode forward
+    model.forward = partial(model._forward,
+                            **{'batch_data_samples' if cfg.default_scope ==
+                               'mmdet' else 'data_samples':
+                               data['data_samples']})
+    total, parts, params = count(model, (data['inputs'], ))
+    print(f'{path}, input {shape[0]}x{shape[1]} (mode "tensor"): '
+          f'{params / 1e6:.2f} M parameters, {total / 1e9:.3f} GMACs')
+    for name, macs in parts.items():
+        print(f'  {name}: {macs / 1e9:.3f} GMACs')
+    return total, parts, params
+
+
+def imagenet_count(arch, patch_size):
+    import timm
+    name = f"xcit_{arch.replace('-', '_')}_p{patch_size}_224"
+    model = timm.create_model(name, pretrained=False)
+    for m in model.modules():  # count the class attention's products
+        if hasattr(m, 'fused_attn'):
+            m.fused_attn = False
+    total, _, params = count(model, (torch.zeros(1, 3, 224, 224), ))
+    return total, params
+
+
+def all_presets_report(shape):
+    from xcit_mm.models import ARCH_SETTINGS
+    print('| preset | patch | backbone params (M) | backbone GMACs '
+          '| of which adapter | ImageNet params (M) | ImageNet GMACs '
+          '| published params (M) | published GMACs | diff params '
+          '| diff GMACs |')
+    print('| --- ' * 11 + '|')
+    rows = []
+    for arch in ARCH_SETTINGS:
+        for p in (16, 8):
+            model = subjects.backbone(arch, p)
+            total, parts, params = count(model, (torch.zeros(1, 3, *shape), ))
+            im_total, im_params = imagenet_count(arch, p)
+            pub_params, pub_gmacs = PUBLISHED_IMAGENET[(arch, p)]
+
+            def diff(ours, published):
+                return '-' if published is None else \
+                    f'{100 * (ours / published - 1):+.2f}%'
+
+            print(f'| {arch} | {p} | {params / 1e6:.2f} | {total / 1e9:.2f} '
+                  f"| {parts.get('adapter', 0) / 1e9:.2f} "
+                  f'| {im_params / 1e6:.2f} | {im_total / 1e9:.2f} '
+                  f"| {pub_params or '-'} | {pub_gmacs} "
+                  f'| {diff(im_params / 1e6, pub_params)} '
+                  f'| {diff(im_total / 1e9, pub_gmacs)} |')
+            rows.append((arch, p, total, params, im_total, im_params))
+    return rows
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('target', nargs='?', default=None,
-                        help="a preset ('small-12', 's12', ...) or an "
-                        'mmdet/mmseg config file')
+    parser.add_argument('target', nargs='?',
+                        help="a preset ('small-12', 's12', ...) or a config")
     parser.add_argument('--shape', type=int, nargs='+', default=None,
-                        help='input H W (one value: square); default '
-                        '224 224 for presets and --imagenet, 512 512 for '
-                        'configs')
+                        help='input H W (one value: square); default 224 '
+                        'for presets, 512 for configs')
     parser.add_argument('--patch-size', type=int, default=16,
-                        choices=[8, 16], help='with a preset (default 16)')
-    parser.add_argument('--batch-size', type=int, default=1)
-    parser.add_argument('--imagenet', action='store_true',
-                        help="count timm's ImageNet classification XCiT of "
-                        'the preset (trunk, 2 class-attention layers, head)')
-    parser.add_argument('--all-presets', action='store_true',
-                        help='a table for every preset and patch size')
-    parser.add_argument('--presets', nargs='+', default=None,
-                        help='with --all-presets: only these presets')
-    parser.add_argument('--patch-sizes', type=int, nargs='+',
-                        default=[16, 8], choices=[8, 16],
-                        help='with --all-presets (default 16 8)')
-    parser.add_argument('--by-module', action='store_true',
-                        help='also print the count of each top-level part')
-    parser.add_argument('--json', default=None,
-                        help='also write the figures to this JSON file')
+                        choices=[8, 16])
+    parser.add_argument('--all-presets', action='store_true')
     args = parser.parse_args(argv)
     if args.target is None and not args.all_presets:
         parser.error('give a preset or a config, or --all-presets')
     if args.shape is not None:
-        if len(args.shape) == 1:
-            args.shape = args.shape * 2
+        args.shape = args.shape * 2 if len(args.shape) == 1 else args.shape
         if len(args.shape) != 2 or min(args.shape) <= 0:
             parser.error('--shape takes H W (or one value)')
     return args
 
 
-def _g(value: float) -> str:
-    return f'{value / 1e9:.3f}'
-
-
-def _m(value: float) -> str:
-    return f'{value / 1e6:.2f}'
-
-
-def _fmt_opt(value, spec):
-    return '-' if value is None else format(value, spec)
-
-
-def print_parts(count, prefix=''):
-    for name, value in count.children(prefix).items():
-        print(f'    {name:<28} {_g(value):>10} GMACs')
-
-
-def preset_report(args):
-    from xcit_mm.analysis.flops import (PUBLISHED_IMAGENET, backbone_flops,
-                                        block_macs, imagenet_flops,
-                                        timm_model_name)
-    from xcit_mm.models.presets import resolve_arch
-    settings = resolve_arch(args.target)
-    arch, p = settings['name'], args.patch_size
-    shape = args.shape or [224, 224]
-    out = dict(target=arch, patch_size=p, shape=shape,
-               batch_size=args.batch_size)
-    if args.imagenet:
-        count = imagenet_flops(arch, p, shape)
-        pub_params, pub_gmacs = PUBLISHED_IMAGENET.get((arch, p),
-                                                       (None, None))
-        print(f'ImageNet model {timm_model_name(arch, p)} (timm, random '
-              f'weights), input 1x3x{shape[0]}x{shape[1]}:')
-        print(f'  params {_m(count.params)} M   GMACs {_g(count.total)}')
-        if pub_gmacs is not None and list(shape) == [224, 224]:
-            line = f'  published: GMACs {pub_gmacs}'
-            line += f' ({100 * (count.total / 1e9 / pub_gmacs - 1):+.2f}%)'
-            if pub_params is not None:
-                line += (f', params {pub_params} M ('
-                         f'{100 * (count.params / 1e6 / pub_params - 1):+.2f}'
-                         '%)')
-            print(line)
-        if args.by_module:
-            print_parts(count)
-        out.update(imagenet_params=count.params, imagenet_macs=count.total,
-                   published_params_m=pub_params,
-                   published_gmacs=pub_gmacs,
-                   parts=dict(count.children()))
-        return out
-    count = backbone_flops(arch, p, shape, batch_size=args.batch_size)
-    trunk = sum(count.of(k) for k in ('patch_embed', 'pos_embed', 'blocks'))
-    grid = (-(-shape[0] // p), -(-shape[1] // p))
-    n = grid[0] * grid[1]
-    d, h = settings['embed_dims'], settings['num_heads']
-    print(f'XCiT backbone {arch}, patch {p}: input '
-          f'{args.batch_size}x3x{shape[0]}x{shape[1]}, {grid[0]}x{grid[1]} '
-          f'= {n} tokens')
-    print(f'  params {_m(count.params)} M   GMACs {_g(count.total)} '
-          f'(trunk {_g(trunk)}, adapter {_g(count.of("adapter"))})')
-    per_block = count.of('blocks.0') / args.batch_size
-    formula = block_macs(n, d, h)
-    print(f'  one block: {per_block / 1e6:.2f} MMACs = published '
-          f'12Nd^2 + 2Nd^2/h + 18Nd ({formula / 1e6:.2f}) + norms '
-          f'({(per_block - formula) / 1e6:.2f})')
-    if args.by_module:
-        print_parts(count)
-    out.update(params=count.params, macs=count.total, trunk_macs=trunk,
-               adapter_macs=count.of('adapter'), tokens=n,
-               block_macs=per_block, parts=dict(count.children()))
-    return out
-
-
-def config_report(args):
-    from xcit_mm.analysis.flops import count_flops
-    from xcit_mm.analysis.full_model import (build_from_config,
-                                             load_model_config, make_batch)
-    cfg = load_model_config(args.target)
-    shape = args.shape or [512, 512]
-    out = dict(target=args.target, shape=shape, batch_size=args.batch_size)
-    backbone = build_from_config(cfg, 'backbone').eval()
-    x = torch.zeros(args.batch_size, 3, *shape)
-    bb = count_flops(backbone, lambda: backbone(x))
-    print(f'{args.target}: input {args.batch_size}x3x{shape[0]}x{shape[1]}')
-    print(f'  backbone: params {_m(bb.params)} M   GMACs {_g(bb.total)}')
-    model = build_from_config(cfg, 'model').eval()
-    batch = make_batch(model, cfg.default_scope, args.batch_size, *shape,
-                       'cpu', with_targets=False)
-    full = count_flops(
-        model,
-        lambda: model(batch.inputs, batch.data_samples, mode='tensor'))
-    print(f'  whole model (mode="tensor"): params {_m(full.params)} M   '
-          f'GMACs {_g(full.total)}')
-    print_parts(full)
-    out.update(backbone_params=bb.params, backbone_macs=bb.total,
-               model_params=full.params, model_macs=full.total,
-               parts=dict(full.children()))
-    return out
-
-
-def all_presets_report(args):
-    from xcit_mm.analysis.flops import preset_table
-    shape = args.shape or [224, 224]
-    from xcit_mm.models.presets import resolve_arch
-    presets = None if args.presets is None else [
-        resolve_arch(p)['name'] for p in args.presets
-    ]
-    rows = preset_table(shape=shape, presets=presets,
-                        patch_sizes=args.patch_sizes)
-    print(f'Backbone: ours (adapter included) at {shape[0]}x{shape[1]}; '
-          'ImageNet model: timm classification XCiT (2 class-attention '
-          'layers + head) at 224x224; published: the paper (params for '
-          'patch 16 only).\n')
-    print('| preset | patch | backbone params (M) | backbone GMACs '
-          '| of which adapter | ImageNet params (M) | ImageNet GMACs '
-          '| published params (M) | published GMACs | diff params | '
-          'diff GMACs |')
-    print('| --- ' * 11 + '|')
-    for r in rows:
-        print(f"| {r['arch']} | {r['patch_size']} "
-              f"| {r['backbone_params_m']:.2f} | {r['backbone_gmacs']:.2f} "
-              f"| {r['adapter_gmacs']:.2f} "
-              f"| {r['imagenet_params_m']:.2f} | {r['imagenet_gmacs']:.2f} "
-              f"| {_fmt_opt(r['published_params_m'], 'g')} "
-              f"| {_fmt_opt(r['published_gmacs'], 'g')} "
-              f"| {_fmt_opt(r['params_diff_pct'], '+.2f')}% "
-              f"| {_fmt_opt(r['gmacs_diff_pct'], '+.2f')}% |".replace(
-                  '| -% ', '| - '))
-    return dict(shape=shape, rows=rows)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    import xcit_mm  # noqa: F401
     if args.all_presets:
-        out = all_presets_report(args)
-    elif args.target.endswith('.py') or osp.isfile(args.target):
-        out = config_report(args)
-    else:
-        out = preset_report(args)
-    if args.json:
-        os.makedirs(osp.dirname(osp.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(out, f, indent=2)
-        print(f'wrote {args.json}')
-    return out
+        return all_presets_report(args.shape or (224, 224))
+    if args.target.endswith('.py') or '::' in args.target:
+        return config_report(args.target, args.shape or (512, 512))
+    return backbone_report(args.target, args.patch_size,
+                           args.shape or (224, 224))
 
 
 if __name__ == '__main__':

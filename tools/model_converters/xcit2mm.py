@@ -1,15 +1,15 @@
 """Convert XCiT weights to xcit_mm's layout.
 
-    python tools/model_converters/xcit2mm.py SRC DST [--whole-model]
+    python tools/model_converters/xcit2mm.py SRC DST [--whole-model | --backbone-only]
 
-SRC: the authors' ImageNet checkpoint, timm's (.pth / .safetensors),
-mmpretrain's, or a whole model of the authors' COCO / ADE20k release
+SRC (a path or URL): the authors' ImageNet checkpoint, timm's (.pth /
+.safetensors), mmpretrain's, PaddlePaddle PASSL's (.pdparams), MindSpore
+MindCV's (.ckpt), or a whole model of the authors' COCO / ADE20k release
 (mmdet 2.x / mmseg 0.x). DST is written only once complete.
 
-By default the backbone alone is written (loadable with
-``init_cfg=dict(type='Pretrained', checkpoint=DST)``); ``--whole-model``
-keeps neck and heads too, for ``tools/test.py``. Whole-model checkpoints are
-detected and kept whole automatically.
+A whole detector or segmentor stays whole (for tools/test.py); anything else
+becomes a backbone file, loadable with
+``init_cfg=dict(type='Pretrained', checkpoint=DST)``.
 """
 import argparse
 import os.path as osp
@@ -17,10 +17,9 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from xcit_mm.weights import (CheckpointError, convert_backbone_state_dict,  # noqa: E402
-                             convert_model_state_dict, detect_layout,
-                             load_checkpoint_file, save_checkpoint_atomic,
-                             summarize_keys, unwrap_state_dict)
+from xcit_mm.weights import (CheckpointError, convert_checkpoint,  # noqa: E402
+                             read_checkpoint, save_checkpoint_atomic,
+                             summarize_keys)
 
 
 def parse_args(argv=None):
@@ -28,31 +27,26 @@ def parse_args(argv=None):
     parser.add_argument('src', help='checkpoint to convert (path or URL)')
     parser.add_argument('dst', help='where to write the converted weights')
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument('--whole-model', action='store_true',
-                      help='keep neck and heads (for tools/test.py)')
-    mode.add_argument('--backbone-only', action='store_true',
-                      help='keep only the backbone of a whole model')
+    mode.add_argument('--whole-model', action='store_const', const=True,
+                      dest='whole', help='keep neck and heads')
+    mode.add_argument('--backbone-only', action='store_const', const=False,
+                      dest='whole', help='keep only the backbone')
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        ckpt = load_checkpoint_file(args.src)
-        state_dict = unwrap_state_dict(ckpt)
-        layout = detect_layout(state_dict)
-        whole = args.whole_model or (
-            not args.backbone_only and layout in ('authors-dense', 'xcit_mm')
-            and any(not k.startswith('backbone.') for k in state_dict)
-            and any(k.startswith('backbone.') for k in state_dict))
-        conv = (convert_model_state_dict if whole else
-                convert_backbone_state_dict)(state_dict)
+        ckpt = read_checkpoint(args.src)
+        conv = convert_checkpoint(ckpt, whole_model=args.whole)
     except CheckpointError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    meta = {'converted_from': osp.basename(args.src), 'layout': conv.layout,
-            'whole_model': bool(whole)}
-    if isinstance(ckpt, dict) and isinstance(ckpt.get('meta'), dict):
+    whole = any(not k.startswith('backbone.') for k in conv.state_dict) and \
+        any(k.startswith('backbone.') for k in conv.state_dict)
+    meta = dict(converted_from=osp.basename(args.src), layout=conv.layout,
+                whole_model=whole, requires=dict(conv.requires))
+    if isinstance(ckpt.get('meta'), dict):
         meta.update({k: v for k, v in ckpt['meta'].items()
                      if k in ('CLASSES', 'classes', 'PALETTE', 'palette',
                               'dataset_meta')})
@@ -62,6 +56,9 @@ def main(argv=None) -> int:
           f'{"whole model" if whole else "backbone"}; wrote '
           f'{len(conv.state_dict)} tensors to {args.dst}; dropped: '
           f'{summarize_keys(conv.dropped)}')
+    if conv.requires:
+        switches = ', '.join(f'{k}={v!r}' for k, v in conv.requires.items())
+        print(f'note: these weights need the backbone built with {switches}')
     return 0
 
 

@@ -1,4 +1,13 @@
-from .launch import (CPUCompatibleDDP, exit_cpu_distributed,
-                     init_cpu_distributed)
+"""Runtime pieces that configs name: the CPU-capable DDP and mixed-precision
+wrappers, and the hooks that keep a run safe (atomic checkpoints and resume
+fallback, a stop on non-finite losses, config checks, a work-dir lock)."""
+from .ddp import CPUCompatibleDDP
+from .hooks import (AtomicCheckpointHook, FiniteLossHook, WorkDirLockHook,
+                    XCiTConfigCheckHook, check_model_config)
+from .optim_wrapper import AutoAmpOptimWrapper, cpu_supports_bf16
 
-__all__ = ['CPUCompatibleDDP', 'exit_cpu_distributed', 'init_cpu_distributed']
+__all__ = [
+    'CPUCompatibleDDP', 'AutoAmpOptimWrapper', 'cpu_supports_bf16',
+    'AtomicCheckpointHook', 'FiniteLossHook', 'WorkDirLockHook',
+    'XCiTConfigCheckHook', 'check_model_config'
+]

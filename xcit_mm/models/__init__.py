@@ -1,8 +1,5 @@
 from .adapter import XCiTPyramidAdapter
-from .presets import ARCH_ALIASES, ARCH_SETTINGS, resolve_arch
-from .xcit import XCA, LPI, XCABlock, XCiT, xca_reference
+from .presets import ARCH_SETTINGS, resolve_arch
+from .xcit import XCiT
 
-__all__ = [
-    'XCiT', 'XCiTPyramidAdapter', 'XCA', 'LPI', 'XCABlock', 'xca_reference',
-    'ARCH_SETTINGS', 'ARCH_ALIASES', 'resolve_arch'
-]
+__all__ = ['XCiT', 'XCiTPyramidAdapter', 'ARCH_SETTINGS', 'resolve_arch']

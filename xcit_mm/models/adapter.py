@@ -7,17 +7,35 @@ deconvolution (up), identity and max-pooling (down):
 - patch 16: 4x up (deconv, norm, act, deconv), 2x up (deconv), identity,
   2x2 max-pool;
 - patch 8: 2x up (deconv), identity, 2x2 max-pool, 4x4 max-pool.
+
+A grid smaller than a pooling window (an input of fewer than 2 patches a side
+at patch 16, 4 at patch 8) is padded with -inf up to the window, so that
+level is one pixel instead of an error: any input size works.
 """
 from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.model import BaseModule
 
 
 def _deconv2x(channels: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+
+
+class MaxPoolAtLeastOne(nn.MaxPool2d):
+    """``MaxPool2d(k, stride=k)`` that pads a map smaller than ``k`` with
+    -inf up to ``k`` (one output pixel) instead of failing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size
+        h, w = x.shape[-2:]
+        if h < k or w < k:
+            x = F.pad(x, (0, max(k - w, 0), 0, max(k - h, 0)),
+                      value=float('-inf'))
+        return super().forward(x)
 
 
 class XCiTPyramidAdapter(BaseModule):
@@ -42,7 +60,6 @@ class XCiTPyramidAdapter(BaseModule):
         if patch_size not in (8, 16):
             raise ValueError(
                 f'patch_size must be 8 or 16, got {patch_size!r}.')
-        self.patch_size = patch_size
         if patch_size == 16:
             levels = [
                 nn.Sequential(
@@ -52,21 +69,16 @@ class XCiTPyramidAdapter(BaseModule):
                     _deconv2x(embed_dims)),
                 nn.Sequential(_deconv2x(embed_dims)),
                 nn.Identity(),
-                nn.MaxPool2d(kernel_size=2, stride=2),
+                MaxPoolAtLeastOne(kernel_size=2, stride=2),
             ]
         else:
             levels = [
                 nn.Sequential(_deconv2x(embed_dims)),
                 nn.Identity(),
-                nn.MaxPool2d(kernel_size=2, stride=2),
-                nn.MaxPool2d(kernel_size=4, stride=4),
+                MaxPoolAtLeastOne(kernel_size=2, stride=2),
+                MaxPoolAtLeastOne(kernel_size=4, stride=4),
             ]
         self.levels = nn.ModuleList(levels)
-
-    @property
-    def strides(self) -> Tuple[int, ...]:
-        """Output strides relative to the input image."""
-        return (4, 8, 16, 32)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor]:
         if len(feats) != len(self.levels):

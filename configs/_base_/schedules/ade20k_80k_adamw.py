@@ -3,9 +3,6 @@
 # temperatures); linear warm-up over 1500 iterations from 1e-6 of the lr
 # (mmseg 0.x's warmup_ratio), then poly decay (power 1) to 0 at the end;
 # 8 GPUs x 2 images; validation and a checkpoint every 8k iterations.
-# Inherits the runtime: list this file, not seg_runtime.py, in a _base_.
-_base_ = ['../seg_runtime.py']
-
 max_iters = 80000
 warmup_iters = 1500
 
@@ -14,8 +11,7 @@ optim_wrapper = dict(
     optimizer=dict(
         type='AdamW', lr=6e-5, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        custom_keys={'.temperature': dict(decay_mult=0.)}))
+        norm_decay_mult=0., custom_keys={'.temperature': dict(decay_mult=0.)}))
 
 param_scheduler = [
     dict(
@@ -39,6 +35,12 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=8000))
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(
+        type='AtomicCheckpointHook', by_epoch=False, interval=8000),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))
 
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -6,8 +6,8 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0,
-         end=500),
+    dict(
+        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
     dict(
         type='MultiStepLR',
         begin=0,
@@ -24,7 +24,6 @@ optim_wrapper = dict(
         type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     # no decay for the norms and the XCA temperatures
     paramwise_cfg=dict(
-        norm_decay_mult=0.,
-        custom_keys={'.temperature': dict(decay_mult=0.)}))
+        norm_decay_mult=0., custom_keys={'.temperature': dict(decay_mult=0.)}))
 
 auto_scale_lr = dict(enable=False, base_batch_size=16)

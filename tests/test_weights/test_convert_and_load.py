@@ -11,7 +11,7 @@ from tests.helpers import (BN, randomize_, timm_to_authors,
 from xcit_mm.models import XCiT
 from xcit_mm.weights import (CheckpointError, convert_backbone_state_dict,
                              convert_model_state_dict, detect_layout,
-                             load_checkpoint_file, load_pretrained)
+                             read_checkpoint, load_pretrained)
 
 timm = pytest.importorskip('timm')
 
@@ -72,7 +72,7 @@ def test_each_layout_loads(timm_model, layout, tmp_path, caplog):
     path = _save_layout(timm_model, layout, tmp_path)
     model = _build(timm_model.patch_size, path)
     _check_loaded(model, timm_model)
-    conv = convert_backbone_state_dict(load_checkpoint_file(str(path)))
+    conv = convert_backbone_state_dict(read_checkpoint(str(path)))
     assert conv.layout == layout.split('-')[0]
     # what a classifier has and a dense backbone has not is dropped
     assert any(k.endswith('cls_token') for k in conv.dropped)
@@ -152,8 +152,26 @@ def test_wrong_size_checkpoint_raises(tmp_path):
     other = XCiT('tiny-12', patch_size=16, norm_cfg=BN)
     path = tmp_path / 'tiny.pth'
     torch.save(other.state_dict(), path)
-    with pytest.raises(CheckpointError, match=r'matches only \d+ of the 350'):
+    with pytest.raises(CheckpointError, match='does not fit the backbone'):
         _build(16, path)
+
+
+def test_other_patch_size_raises(timm_model, tmp_path):
+    """A patch-16 checkpoint into a patch-8 model (and back) is an error
+    naming the patch embedding, not a warning over random weights."""
+    path = _save_layout(timm_model, 'timm', tmp_path)
+    other = 8 if timm_model.patch_size == 16 else 16
+    with pytest.raises(CheckpointError, match='patch_embed'):
+        _build(other, path)
+
+
+def test_any_block_missing_raises(timm_model, tmp_path):
+    sd = {k: v for k, v in timm_model.state_dict().items()
+          if not k.startswith('blocks.7.')}
+    path = tmp_path / 'partial.pth'
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r'blocks\.7'):
+        _build(timm_model.patch_size, path)
 
 
 def test_missing_file_raises(tmp_path):
@@ -166,7 +184,7 @@ def test_foreign_global_is_refused(timm_model, tmp_path):
     torch.save({'model': timm_model.state_dict(), 'x': ForeignObject()},
                path)
     with pytest.raises(CheckpointError, match='ForeignObject'):
-        load_checkpoint_file(str(path))
+        read_checkpoint(str(path))
     # the global allow-list is untouched: plain torch.load refuses it too
     with pytest.raises(Exception, match='ForeignObject'):
         torch.load(path, weights_only=True)
@@ -182,7 +200,7 @@ def test_allowed_globals_load_with_weights_only(tmp_path):
                 'meta': {'hub': {'loss': buf}, 'seed': np.int64(3),
                          'arr': np.arange(3.0), 'order': collections.OrderedDict()}},
                path)
-    ckpt = load_checkpoint_file(str(path))
+    ckpt = read_checkpoint(str(path))
     assert ckpt['meta']['hub']['loss'].current() == 1.5
     assert ckpt['meta']['hub']['loss'].statistics('mean') == 1.5
 
@@ -198,7 +216,7 @@ def test_getattr_is_allowed_for_history_buffers_only(tmp_path):
     path = tmp_path / 'gadget.pth'
     torch.save({'x': Reduce()}, path)
     with pytest.raises(CheckpointError, match='getattr'):
-        load_checkpoint_file(str(path))
+        read_checkpoint(str(path))
 
 
 def argparse_namespace():

@@ -1,0 +1,78 @@
+"""Mixed precision on any device: mmengine's AMP on GPUs, bfloat16 on CPUs."""
+import warnings
+from contextlib import contextmanager
+
+import torch
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+
+from ..registry import OPTIM_WRAPPERS
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bfloat16 natively (oneDNN's check: AVX512-BF16
+    or AMX); elsewhere bf16 autocast is emulated and slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - no oneDNN
+        return False
+
+
+@OPTIM_WRAPPERS.register_module()
+class AutoAmpOptimWrapper(OptimWrapper):
+    """``AmpOptimWrapper`` where an accelerator is present; on a CPU,
+    bfloat16 autocast with no loss scaler (bf16 has the range of fp32), or
+    fp32 when the CPU has no native bf16.
+
+    mmengine's ``AmpOptimWrapper`` asserts a GPU; name this one instead
+    (``optim_wrapper.type='AutoAmpOptimWrapper'``) and the same config
+    trains in mixed precision on GPUs (unchanged: it builds an
+    ``AmpOptimWrapper`` with the given ``loss_scale`` and ``dtype``) and in
+    bf16 on CPUs.
+
+    Args:
+        loss_scale: Passed to ``AmpOptimWrapper`` on an accelerator;
+            unused on a CPU.
+        dtype: Passed to ``AmpOptimWrapper`` on an accelerator; on a CPU
+            only ``None``, ``'bfloat16'`` or ``torch.bfloat16`` are valid.
+        cpu_dtype (str): ``'bfloat16'`` (the default: bf16 where the CPU
+            supports it natively, else fp32) or ``'float32'`` to turn
+            autocast off on CPUs.
+        **kwargs: ``OptimWrapper``'s arguments.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        from mmengine.device import get_device
+        if get_device() != 'cpu':
+            kwargs.pop('cpu_dtype', None)
+            return AmpOptimWrapper(*args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, loss_scale='dynamic', dtype=None, use_fsdp=False,
+                 cpu_dtype: str = 'bfloat16', **kwargs):
+        super().__init__(**kwargs)
+        if cpu_dtype not in ('bfloat16', 'float32'):
+            raise ValueError("cpu_dtype must be 'bfloat16' or 'float32', "
+                             f'got {cpu_dtype!r}.')
+        if dtype not in (None, 'bfloat16', torch.bfloat16):
+            raise ValueError(
+                f'On a CPU, autocast runs in bfloat16 only; dtype={dtype!r} '
+                'is for GPUs. Drop it or set it to bfloat16.')
+        self.cast_dtype = None
+        if cpu_dtype == 'bfloat16':
+            if cpu_supports_bf16():
+                self.cast_dtype = torch.bfloat16
+            else:
+                warnings.warn(
+                    'This CPU has no native bfloat16 (AVX512-BF16 or AMX): '
+                    'training in fp32.')
+        self.reason = ('bfloat16 autocast on the CPU'
+                       if self.cast_dtype is not None else 'fp32 on the CPU')
+
+    @contextmanager
+    def optim_context(self, model: torch.nn.Module):
+        with super().optim_context(model):
+            if self.cast_dtype is None:
+                yield
+            else:
+                with torch.autocast('cpu', dtype=self.cast_dtype):
+                    yield

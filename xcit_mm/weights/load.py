@@ -1,0 +1,138 @@
+"""Loading converted XCiT weights into a backbone, loudly."""
+import logging
+import os
+from collections import Counter, OrderedDict
+from typing import Iterable, Optional
+
+import torch
+
+from .convert import Conversion, convert_backbone_state_dict
+from .io import CheckpointError, read_checkpoint
+
+# The parts of the trunk that must load from any backbone checkpoint; the
+# adapter may be missing (ImageNet weights have none).
+_REQUIRED_PARTS = ('patch_embed', 'pos_embed', 'blocks')
+
+
+def summarize_keys(keys: Iterable[str], limit: int = 8) -> str:
+    """``'blocks.* (12), cls_token'``: keys grouped by their first part."""
+    groups = Counter()
+    singles = {}
+    for k in keys:
+        head = k.split('.')[0] if '.' in k else k
+        groups[head] += 1
+        singles[head] = k
+    parts = [
+        singles[h] if n == 1 else f'{h}.* ({n})'
+        for h, n in groups.most_common()
+    ]
+    if len(parts) > limit:
+        parts = parts[:limit] + [f'... {len(parts) - limit} more groups']
+    return ', '.join(parts) if parts else 'none'
+
+
+def _part(key: str) -> str:
+    """``blocks.3.attn.qkv.weight`` -> ``blocks.3``; ``patch_embed.*`` ->
+    ``patch_embed``."""
+    parts = key.split('.')
+    return '.'.join(parts[:2]) if parts[0] == 'blocks' else parts[0]
+
+
+def _same_setting(switch: str, have, want) -> bool:
+    if switch == 'act_cfg':  # compare what computes: type, GELU's form
+        have, want = dict(have or {}), dict(want or {})
+        return (have.get('type'), have.get('approximate', 'none')) == \
+            (want.get('type'), want.get('approximate', 'none'))
+    return have == want
+
+
+def check_maths(model: torch.nn.Module, conv: Conversion, name: str):
+    """Raises when the checkpoint's framework computes XCiT differently
+    from how ``model`` was built (see ``Conversion.requires``)."""
+    wrong = []
+    for switch, value in conv.requires.items():
+        have = getattr(model, switch, None)
+        if not _same_setting(switch, have, value):
+            wrong.append(f'{switch}={value!r} (the model has {have!r})')
+    if wrong:
+        raise CheckpointError(
+            f'{name} holds {conv.layout} weights, which reproduce their '
+            'features only with the backbone built with '
+            f'{", ".join(wrong)}. Add those arguments to the backbone '
+            'config (see the weight sources in the README).')
+
+
+def load_pretrained(model: torch.nn.Module,
+                    checkpoint,
+                    prefix: Optional[str] = None,
+                    logger: Optional[logging.Logger] = None) -> Conversion:
+    """Loads XCiT weights of any supported layout into ``model`` (an
+    ``XCiT`` backbone) and reports what loaded, what was dropped and what
+    is missing.
+
+    Every tensor of the patch embedding, the positional encoding and the
+    blocks must load; only the adapter may stay as initialised (ImageNet
+    weights have none).
+
+    Args:
+        model: The backbone.
+        checkpoint (str | dict): A path, a URL, or a loaded checkpoint.
+        prefix (str, optional): See
+            :func:`~xcit_mm.weights.convert_backbone_state_dict`.
+        logger: Where to report. Defaults to the module logger.
+
+    Raises:
+        CheckpointError: unreadable, not XCiT, another arch or patch size,
+            or from a framework whose maths needs switches the model lacks.
+    """
+    logger = logger or logging.getLogger(__name__)
+    name = str(checkpoint) if isinstance(checkpoint,
+                                         (str, os.PathLike)) else '<dict>'
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = read_checkpoint(str(checkpoint))
+    conv = convert_backbone_state_dict(checkpoint, prefix=prefix)
+    check_maths(model, conv, name)
+    own = model.state_dict()
+    loadable, mismatched, unexpected = OrderedDict(), [], []
+    for k, v in conv.state_dict.items():
+        if k not in own:
+            unexpected.append(k)
+        elif own[k].shape != v.shape:
+            mismatched.append(
+                f'{k}: checkpoint {tuple(v.shape)}, model '
+                f'{tuple(own[k].shape)}')
+        else:
+            loadable[k] = v
+    required = [
+        k for k in own if k.split('.')[0] in _REQUIRED_PARTS
+        and not k.endswith('num_batches_tracked')
+    ]
+    not_loaded = [k for k in required if k not in loadable]
+    extra = [k for k in unexpected if k.split('.')[0] in _REQUIRED_PARTS]
+    if not_loaded or mismatched or extra:
+        parts = sorted({_part(k) for k in not_loaded},
+                       key=lambda p: (p != 'patch_embed', p != 'pos_embed',
+                                      len(p), p))
+        detail = '; '.join(mismatched[:3])
+        raise CheckpointError(
+            f'Checkpoint {name} ({conv.layout} layout) does not fit the '
+            f'backbone ({model.arch!r}, patch {model.patch_size}, '
+            f'{model.depth} blocks): '
+            f'{len(not_loaded)} of its {len(required)} trunk tensors would '
+            f'stay random (in {", ".join(parts[:6]) or "none"}'
+            f'{" ..." if len(parts) > 6 else ""})'
+            f'{"; shape mismatches: " + detail if detail else ""}'
+            f'{"; keys the model lacks: " + summarize_keys(extra) if extra else ""}'
+            '. Use a checkpoint of the same arch and patch size.')
+    model.load_state_dict(loadable, strict=False)
+    missing = [k for k in own if k not in loadable]
+    logger.info(
+        f'XCiT: loaded {len(loadable)} of {len(own)} tensors from {name} '
+        f'({conv.layout} layout); dropped from the checkpoint: '
+        f'{summarize_keys(conv.dropped)}; missing (kept as initialised): '
+        f'{summarize_keys(missing)}')
+    if unexpected:
+        logger.warning(
+            'XCiT: checkpoint tensors with no place in the model, skipped: '
+            f'{summarize_keys(unexpected)}')
+    return conv
