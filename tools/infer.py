@@ -5,11 +5,12 @@
 
 Uses mmdet's DetInferencer (for a config with default_scope='mmdet') or
 mmseg's MMSegInferencer ('mmseg'), with xcit_mm imported. Overlays go to
-DIR/vis/, predictions (JSON for detection, label PNGs for segmentation) to
-DIR/pred/. Each image is checked first (readable, not empty, at least
-MIN_SIDE pixels a side, at most MAX_ASPECT:1): a bad one is reported by
-name and skipped, the others are processed, and the exit status is 1 if any
-was skipped.
+DIR/vis/, predictions to DIR/preds/ (detection: one JSON per image, as
+DetInferencer writes them) or DIR/pred/ (segmentation: one label PNG per
+image, named after it). Each image is checked first (readable, not empty,
+at least MIN_SIDE pixels a side, at most MAX_ASPECT:1): a bad one is
+reported by name and skipped, the others are processed, and the exit status
+is 1 if any was skipped.
 """
 import argparse
 import os
@@ -18,7 +19,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from launch_utils import load_config  # noqa: E402
+from launch_utils import autocast_test_step, load_config  # noqa: E402
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 MIN_SIDE = 8
@@ -77,6 +78,17 @@ def list_images(path: str):
     return [path]
 
 
+def name_label_maps(images, pred_dir: str):
+    """MMSegInferencer numbers its label maps (``00000000_pred.png``, in
+    input order); name each after its image, as the overlays are."""
+    stems = [osp.splitext(osp.basename(p))[0] for p in images]
+    for i, (path, stem) in enumerate(zip(images, stems)):
+        src = osp.join(pred_dir, f'{i:08d}_pred.png')
+        if osp.isfile(src):
+            name = stem if stems.count(stem) == 1 else osp.basename(path)
+            os.replace(src, osp.join(pred_dir, name + '.png'))
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -102,26 +114,25 @@ def main(argv=None):
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     os.makedirs(args.out, exist_ok=True)
 
-    device_type = torch.device(device).type
-    autocast = torch.autocast(device_type, enabled=args.amp,
-                              dtype=torch.bfloat16 if device_type == 'cpu'
-                              else None)
     if cfg.default_scope == 'mmdet':
         from mmdet.apis import DetInferencer
         inferencer = DetInferencer(
             model=cfg, weights=args.checkpoint, device=device,
             scope='mmdet', show_progress=False)
-        with autocast:
-            inferencer(images, out_dir=args.out, batch_size=args.batch_size,
-                       pred_score_thr=args.score_thr, no_save_pred=False)
+        if args.amp:
+            autocast_test_step(inferencer.model)
+        inferencer(images, out_dir=args.out, batch_size=args.batch_size,
+                   pred_score_thr=args.score_thr, no_save_pred=False)
     else:
         from mmseg.apis import MMSegInferencer
         inferencer = MMSegInferencer(
             model=cfg, weights=args.checkpoint, device=device,
             scope='mmseg')
-        with autocast:
-            inferencer(images, out_dir=args.out, batch_size=args.batch_size,
-                       show=False)
+        if args.amp:
+            autocast_test_step(inferencer.model)
+        inferencer(images, out_dir=args.out, batch_size=args.batch_size,
+                   show=False)
+        name_label_maps(images, osp.join(args.out, 'pred'))
     written = sorted(os.listdir(osp.join(args.out, 'vis')))
     print(f'wrote {len(written)} overlays to {osp.join(args.out, "vis")}')
     return 1 if skipped else 0

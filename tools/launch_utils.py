@@ -126,6 +126,47 @@ def setup_amp(cfg: Config, enable: bool) -> Optional[str]:
             '(AutoAmpOptimWrapper)')
 
 
+def _fp32_outputs(obj):
+    """bfloat16 tensors in predictions -> float32 (numpy, which evaluators
+    and visualisers call, has no bfloat16)."""
+    from mmengine.structures import BaseDataElement
+    if torch.is_tensor(obj):
+        return obj.float() if obj.dtype == torch.bfloat16 else obj
+    if isinstance(obj, BaseDataElement):
+        for key, value in list(obj.items()):
+            setattr(obj, key, _fp32_outputs(value))
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_fp32_outputs(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _fp32_outputs(v) for k, v in obj.items()}
+    return obj
+
+
+def autocast_test_step(model: torch.nn.Module):
+    """Runs ``model.test_step`` in mixed precision: fp16 autocast on a GPU;
+    on a CPU bfloat16 autocast (mmcv's NMS and RoIAlign in float32), with
+    the predictions returned in float32; fp32 (nothing changed) on a CPU
+    without native bfloat16. Returns what it chose, for the log."""
+    if torch.cuda.is_available():
+        dtype, device = torch.float16, 'cuda'
+    else:
+        from xcit_mm.engine import cpu_supports_bf16, fp32_mmcv_ops_on_cpu
+        if not cpu_supports_bf16():
+            return 'fp32 (this CPU has no native bfloat16)'
+        fp32_mmcv_ops_on_cpu()
+        dtype, device = torch.bfloat16, 'cpu'
+    test_step = model.test_step
+
+    def mixed_precision_test_step(data):
+        with torch.autocast(device, dtype=dtype):
+            outputs = test_step(data)
+        return _fp32_outputs(outputs)
+
+    model.test_step = mixed_precision_test_step
+    return f'{dtype} autocast'
+
+
 def _destroy_process_group():
     if dist.is_initialized():
         dist.destroy_process_group()

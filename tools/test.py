@@ -20,8 +20,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from launch_utils import (check_dataset_paths, exit_cpu_distributed,  # noqa: E402,E501
-                          init_cpu_distributed, load_config, set_work_dir)
+from launch_utils import (autocast_test_step, check_dataset_paths,  # noqa: E402,E501
+                          exit_cpu_distributed, init_cpu_distributed,
+                          load_config, set_work_dir)
 
 
 def parse_args(argv=None):
@@ -81,6 +82,15 @@ def enable_visualization(cfg, args):
             # directory; put it in the work dir as for mmdet.
             cfg.visualizer['save_dir'] = osp.join(cfg.work_dir,
                                                   args.show_dir)
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if args.launcher != 'none' and world > 1 and \
+            os.environ.get('RANK', '0') == '0':
+        # mmdet's and mmseg's visualizers draw on the main process only
+        # (master_only): the other processes' images are not drawn.
+        print(f'warning: --show/--show-dir with {world} processes draws the '
+              f'images of the first process only (about 1/{world} of the '
+              'test set), as mmdet/mmseg visualizers do; run tools/test.py '
+              'without a launcher to draw them all.', file=sys.stderr)
 
 
 def enable_tta(cfg, config_path):
@@ -110,6 +120,49 @@ def set_output(cfg, out):
         cfg.test_evaluator['keep_results'] = True
 
 
+def _groups(keys, limit: int = 6) -> str:
+    """``'backbone.layer1.* (30), neck.fpn_convs.* (8), ...'``: keys grouped
+    by their first two parts, the largest groups first."""
+    from collections import Counter
+    groups = Counter('.'.join(k.split('.')[:2]) for k in keys)
+    parts = [f'{g}.* ({n})' if n > 1 else g
+             for g, n in groups.most_common(limit)]
+    if len(groups) > limit:
+        parts.append(f'... {len(groups) - limit} more groups')
+    return ', '.join(parts)
+
+
+def fit_problems(model, state_dict) -> list:
+    """How ``state_dict`` does not fit ``model``: its missing, unexpected and
+    differently shaped tensors, each kind summarised on one line (the same
+    on every rank, unlike mmengine's message, which rank 0 alone raises)."""
+    own = model.state_dict()
+    missing = [k for k in own
+               if k not in state_dict and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [(k, tuple(v.shape), tuple(own[k].shape))
+              for k, v in state_dict.items()
+              if k in own and hasattr(v, 'shape') and
+              tuple(v.shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(
+            f'{len(missing)} tensors of the model are not in the checkpoint: '
+            f'{_groups(missing)} (e.g. {missing[0]})')
+    if unexpected:
+        problems.append(
+            f'{len(unexpected)} tensors of the checkpoint are not in the '
+            f'model: {_groups(unexpected)} (e.g. {unexpected[0]})')
+    if shapes:
+        shown = '; '.join(f'{k}: {c} in the checkpoint, {m} in the model'
+                          for k, c, m in shapes[:3])
+        more = f'; ... {len(shapes) - 3} more' if len(shapes) > 3 else ''
+        problems.append(
+            f'{len(shapes)} tensors have another shape '
+            f'({_groups(k for k, _, _ in shapes)}): {shown}{more}')
+    return problems
+
+
 def load_weights(runner, checkpoint: str, strict: bool):
     """Loads ``checkpoint`` into the runner's model; strictly, unless asked
     otherwise: a checkpoint of another model is an error naming what does
@@ -127,15 +180,21 @@ def load_weights(runner, checkpoint: str, strict: bool):
     state_dict = ckpt.get('state_dict', ckpt)
     state_dict = {(k[len('module.'):] if k.startswith('module.') else k): v
                   for k, v in state_dict.items()}
-    try:
-        load_state_dict(model, state_dict, strict=strict, logger='current')
-    except RuntimeError as err:
-        sys.exit(
-            f'error: {checkpoint} does not fit the model of {runner.cfg.filename}'
-            f':\n{str(err)[:3000]}\nUse a checkpoint trained with this config '
-            '(convert the authors\' models with '
-            'tools/model_converters/xcit2mm.py), or pass '
-            '--allow-partial-load to evaluate anyway.')
+    problems = fit_problems(model, state_dict)
+    if problems:
+        where = f'{checkpoint} does not fit the model of {runner.cfg.filename}'
+        listed = ''.join(f'\n- {p}' for p in problems)
+        if strict:
+            sys.exit(
+                f'error: {where}:{listed}\nUse a checkpoint trained with this '
+                'config (convert the authors\' models with '
+                'tools/model_converters/xcit2mm.py), or pass '
+                '--allow-partial-load to evaluate anyway.')
+        if os.environ.get('RANK', '0') == '0':
+            print(f'warning: {where} (--allow-partial-load: evaluating '
+                  f'anyway; what does not fit stays as initialised):{listed}',
+                  file=sys.stderr)
+    load_state_dict(model, state_dict, strict=False, logger='current')
     meta = ckpt.get('meta') or {}
     if meta.get('dataset_meta') and hasattr(model, 'dataset_meta'):
         model.dataset_meta = meta['dataset_meta']
@@ -143,6 +202,7 @@ def load_weights(runner, checkpoint: str, strict: bool):
 
 def main(argv=None):
     args = parse_args(argv)
+    from mmengine.logging import print_log
     from mmengine.runner import Runner
 
     try:
@@ -155,8 +215,6 @@ def main(argv=None):
         sys.exit(f'error: checkpoint not found: {args.checkpoint!r}')
     cfg.launcher = args.launcher
     cfg.load_from = None  # loaded below, strictly unless asked otherwise
-    if args.amp:
-        cfg.test_cfg['fp16'] = True  # mmengine's autocast: bf16 on a CPU
     if args.show or args.show_dir:
         enable_visualization(cfg, args)
     if args.tta:
@@ -171,6 +229,9 @@ def main(argv=None):
     else:
         runner = Runner.from_cfg(cfg)
     load_weights(runner, args.checkpoint, strict=not args.allow_partial_load)
+    if args.amp:
+        print_log(f'mixed precision: {autocast_test_step(runner.model)}',
+                  logger='current')
     runner.test()
     return cpu_distributed
 

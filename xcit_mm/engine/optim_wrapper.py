@@ -6,6 +6,7 @@ import torch
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
 from ..registry import OPTIM_WRAPPERS
+from .cpu_amp import fp32_mmcv_ops_on_cpu
 
 
 def cpu_supports_bf16() -> bool:
@@ -27,7 +28,8 @@ class AutoAmpOptimWrapper(OptimWrapper):
     (``optim_wrapper.type='AutoAmpOptimWrapper'``) and the same config
     trains in mixed precision on GPUs (unchanged: it builds an
     ``AmpOptimWrapper`` with the given ``loss_scale`` and ``dtype``) and in
-    bf16 on CPUs.
+    bf16 on CPUs. In bf16 it makes mmcv's CPU NMS and RoIAlign run in
+    float32 (:func:`~xcit_mm.engine.cpu_amp.fp32_mmcv_ops_on_cpu`).
 
     Args:
         loss_scale: Passed to ``AmpOptimWrapper`` on an accelerator;
@@ -61,6 +63,7 @@ class AutoAmpOptimWrapper(OptimWrapper):
         if cpu_dtype == 'bfloat16':
             if cpu_supports_bf16():
                 self.cast_dtype = torch.bfloat16
+                fp32_mmcv_ops_on_cpu()
             else:
                 warnings.warn(
                     'This CPU has no native bfloat16 (AVX512-BF16 or AMX): '
