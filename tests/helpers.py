@@ -103,10 +103,48 @@ def reference_pyramid(feats, state_dict, patch_size):
             F.max_pool2d(feats[3], 4)]
 
 
-def expected_sizes(h, w, patch_size):
-    """Map sizes the published model gives for an h x w input."""
-    for _ in range(4 if patch_size == 16 else 3):
-        h, w = (h + 1) // 2, (w + 1) // 2
-    if patch_size == 16:
-        return [(4 * h, 4 * w), (2 * h, 2 * w), (h, w), (h // 2, w // 2)]
-    return [(2 * h, 2 * w), (h, w), (h // 2, w // 2), (h // 4, w // 4)]
+def pyramid_sizes(h, w, patch_size):
+    """The sizes of the four maps (strides 4, 8, 16, 32) for an h x w input.
+
+    The token grid is ``ceil(h / p) x ceil(w / p)`` (padded stride-2 convs);
+    the levels above stride ``p`` are deconvolved from it, those below
+    pooled from it with the floor, as in the authors' model, and at least
+    one pixel.
+    """
+    gh, gw = -(-h // patch_size), -(-w // patch_size)
+    sizes = []
+    for stride in (4, 8, 16, 32):
+        if stride <= patch_size:
+            f = patch_size // stride
+            sizes.append((gh * f, gw * f))
+        else:
+            f = stride // patch_size
+            sizes.append((max(1, gh // f), max(1, gw // f)))
+    return sizes
+
+
+SMALL_ARCH = dict(embed_dims=64, depth=4, num_heads=4)
+
+
+def small_xcit(patch_size=16, **kwargs):
+    """A 4-block, 64-channel XCiT with BN: the published layers, cheap."""
+    from xcit_mm.models import XCiT
+    kwargs.setdefault('norm_cfg', BN)
+    return XCiT(arch=SMALL_ARCH, patch_size=patch_size, **kwargs)
+
+
+def tools_module(name, folder=''):
+    """Imports ``tools/<folder>/<name>.py`` (the tools are scripts, not a
+    package), leaving ``sys.path`` as it was: ``tools/`` holds ``test.py``
+    and ``train.py``, which must not shadow other modules."""
+    import importlib
+    import os.path as osp
+    import sys
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
+                    'tools', folder)
+    saved = list(sys.path)
+    sys.path.insert(0, path.rstrip('/'))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path[:] = saved

@@ -95,6 +95,9 @@ def _step(fn: Callable, x, train: bool, dtype: str) -> Callable:
 def model_cases(args, h: int, w: int) -> Dict[str, Callable]:
     """name -> step for each config (and dtype) given."""
     cases = {}
+    if 'bf16' in args.dtype_list:
+        from xcit_mm.engine import fp32_mmcv_ops_on_cpu
+        fp32_mmcv_ops_on_cpu()  # mmcv's CPU NMS / RoIAlign take fp32 only
     for path in args.configs:
         cfg = subjects.load_model_config(path)
         model = subjects.build_model(cfg)

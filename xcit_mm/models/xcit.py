@@ -25,12 +25,18 @@ from .adapter import XCiTPyramidAdapter
 from .presets import resolve_arch
 
 
+@torch.compiler.assume_constant_result
+def _has_autocast(device_type: str) -> bool:
+    # constant for torch.compile, which cannot trace the look-up
+    return torch.amp.is_autocast_available(device_type)
+
+
 def fp32_region(device_type: str):
     """A context in which autocast is off, so the precision-sensitive parts
     (the XCA Gram matrix, its norms and softmax, the positional encoding)
     run in float32 under any autocast; a no-op on devices without
     autocast."""
-    if torch.amp.is_autocast_available(device_type):
+    if _has_autocast(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -507,6 +513,7 @@ class XCiT(BaseModule):
                 self,
                 self.init_cfg['checkpoint'],
                 prefix=self.init_cfg.get('prefix'),
+                map_location=self.init_cfg.get('map_location', 'cpu'),
                 logger=MMLogger.get_current_instance())
             self._is_init = True
             return

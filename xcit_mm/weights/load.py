@@ -65,7 +65,8 @@ def check_maths(model: torch.nn.Module, conv: Conversion, name: str):
 def load_pretrained(model: torch.nn.Module,
                     checkpoint,
                     prefix: Optional[str] = None,
-                    logger: Optional[logging.Logger] = None) -> Conversion:
+                    logger: Optional[logging.Logger] = None,
+                    map_location='cpu') -> Conversion:
     """Loads XCiT weights of any supported layout into ``model`` (an
     ``XCiT`` backbone) and reports what loaded, what was dropped and what
     is missing.
@@ -80,6 +81,7 @@ def load_pretrained(model: torch.nn.Module,
         prefix (str, optional): See
             :func:`~xcit_mm.weights.convert_backbone_state_dict`.
         logger: Where to report. Defaults to the module logger.
+        map_location: Passed to the reader. Defaults to ``'cpu'``.
 
     Raises:
         CheckpointError: unreadable, not XCiT, another arch or patch size,
@@ -89,7 +91,7 @@ def load_pretrained(model: torch.nn.Module,
     name = str(checkpoint) if isinstance(checkpoint,
                                          (str, os.PathLike)) else '<dict>'
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = read_checkpoint(str(checkpoint))
+        checkpoint = read_checkpoint(str(checkpoint), map_location)
     conv = convert_backbone_state_dict(checkpoint, prefix=prefix)
     check_maths(model, conv, name)
     own = model.state_dict()
