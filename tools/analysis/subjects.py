@@ -94,9 +94,9 @@ def _bn_instead_of_syncbn(node):
 def load_model_config(path: str):
     """A config of ours or an upstream one (``mmdet::...``, ``mmseg::...``),
     with BN for SyncBN."""
-    from mmengine.config import Config
     if path.startswith(('mmdet::', 'mmseg::')):
-        cfg = Config.fromfile(path)
+        from mmengine.hub import get_config
+        cfg = get_config(path)
     else:
         from launch_utils import load_config
         cfg = load_config(path)
