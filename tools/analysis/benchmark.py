@@ -131,7 +131,9 @@ def run_rounds(cases: Dict[str, Callable], rounds: int,
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            timer = Timer('step()', globals={'step': cases[name]})
+            # Timer runs one thread unless told otherwise
+            timer = Timer('step()', globals={'step': cases[name]},
+                          num_threads=torch.get_num_threads())
             times[name].append(
                 timer.blocked_autorange(min_run_time=min_run_time).median)
     return times
