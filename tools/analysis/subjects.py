@@ -24,6 +24,20 @@ def backbone(arch, patch_size: int, **kwargs) -> nn.Module:
     return XCiT(arch=arch, patch_size=patch_size, **kwargs)
 
 
+def _intermediates(ref: nn.Module, model: nn.Module) -> Callable:
+    """``ref``'s maps after ``model.out_indices`` (timm's
+    ``forward_intermediates``), in ``model``'s train/eval mode."""
+    ref.train(model.training)
+    indices = list(model.out_indices)
+
+    def forward(x):
+        return ref.forward_intermediates(
+            x, indices=indices, intermediates_only=True, stop_early=True)
+
+    forward.module = ref
+    return forward
+
+
 def timm_trunk(model: nn.Module) -> Callable:
     """timm's XCiT of ``model``'s size holding ``model``'s trunk weights;
     returns a callable giving the maps after ``model.out_indices``."""
@@ -46,15 +60,7 @@ def timm_trunk(model: nn.Module) -> Callable:
         raise RuntimeError(f'timm XCiT does not take our trunk weights: '
                            f'missing {missing[:5]}, unexpected '
                            f'{unexpected[:5]}')
-    ref.train(model.training)
-    indices = list(model.out_indices)
-
-    def forward(x):
-        return ref.forward_intermediates(
-            x, indices=indices, intermediates_only=True, stop_early=True)
-
-    forward.module = ref
-    return forward
+    return _intermediates(ref, model)
 
 
 def timm_vit(model: nn.Module, attention: str = 'fused') -> Callable:
@@ -69,15 +75,7 @@ def timm_vit(model: nn.Module, attention: str = 'fused') -> Callable:
         dynamic_img_pad=True)
     for blk in vit.blocks:
         blk.attn.fused_attn = attention == 'fused'
-    vit.train(model.training)
-    indices = list(model.out_indices)
-
-    def forward(x):
-        return vit.forward_intermediates(
-            x, indices=indices, intermediates_only=True, stop_early=True)
-
-    forward.module = vit
-    return forward
+    return _intermediates(vit, model)
 
 
 def _bn_instead_of_syncbn(node):
