@@ -97,3 +97,18 @@ def test_wrong_arguments_raise():
         XCiTPyramidAdapter(C, patch_size=4, norm_cfg=BN)
     with pytest.raises(ValueError, match='takes 4 maps, got 3'):
         make_adapter(16)([torch.randn(1, C, 4, 4)] * 3)
+
+
+@pytest.mark.parametrize('patch_size', [8, 16])
+def test_channels_last_views_give_contiguous_maps(patch_size):
+    """The backbone hands the adapter channels-last views of its tokens;
+    every level comes back contiguous NCHW, equal to what NCHW maps give."""
+    adapter = make_adapter(patch_size)
+    tokens = [torch.randn(2, 6 * 10, C) for _ in range(4)]
+    views = [t.view(2, 6, 10, C).permute(0, 3, 1, 2) for t in tokens]
+    with torch.no_grad():
+        got = adapter(views)
+        want = adapter([v.contiguous() for v in views])
+    for a, b in zip(got, want):
+        assert a.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -5,6 +5,11 @@ references, or of whole detectors / segmentors from configs, side by side.
     python tools/analysis/benchmark.py backbone --arch small-12 --patch-size 8 \\
         --sizes 512x640 --threads 2 --mode forward --compare timm
 
+    # the oneDNN products and the fused GELU against ATen's products / an
+    # unfused GELU (A/B of the fast paths)
+    python tools/analysis/benchmark.py backbone --arch small-12 --patch-size 8 \
+        --sizes 512x640 --threads 2 --compare aten unfused
+
     # training step, with gradient checkpointing as a third case
     python tools/analysis/benchmark.py backbone --arch small-12 --patch-size 8 \\
         --sizes 512x640 --mode train --compare timm cp --memory
@@ -68,6 +73,10 @@ def backbone_cases(args, h: int, w: int) -> Dict[str, Callable]:
             runs['timm'] = subjects.timm_trunk(model)
         elif name == 'trunk':
             runs['ours-trunk'] = model.forward_blocks
+        elif name == 'aten':
+            runs['ours-aten'] = _within(_aten_products, model)
+        elif name == 'unfused':
+            runs['ours-unfused'] = _within(_unfused_gelu, model)
         elif name == 'cp':
             cp = subjects.backbone(args.arch, args.patch_size, with_cp=True)
             cp.load_state_dict(model.state_dict())
@@ -78,6 +87,30 @@ def backbone_cases(args, h: int, w: int) -> Dict[str, Callable]:
                 if subjects.tokens(args.patch_size, h, w) <= args.max_tokens:
                     runs[f'vit-{kind}'] = subjects.timm_vit(model, kind)
     return {name: _step(fn, x, train, args.dtype) for name, fn in runs.items()}
+
+
+def _aten_products():
+    """Every product of our Linear layers through ATen (MKL)."""
+    from xcit_mm.models.linear import onednn_linear
+    return onednn_linear(False)
+
+
+@contextlib.contextmanager
+def _unfused_gelu():
+    """The MLP's GELU as its own op after the product, not fused."""
+    from xcit_mm.models import xcit
+    fused, xcit.linear_gelu = xcit.linear_gelu, lambda *args: None
+    try:
+        yield
+    finally:
+        xcit.linear_gelu = fused
+
+
+def _within(context: Callable, fn: Callable) -> Callable:
+    def run(x):
+        with context():
+            return fn(x)
+    return run
 
 
 def _step(fn: Callable, x, train: bool, dtype: str) -> Callable:
@@ -176,8 +209,8 @@ def parse_args(argv=None):
     bb.add_argument('--arch', default='small-12')
     bb.add_argument('--patch-size', type=int, default=16, choices=[8, 16])
     bb.add_argument('--compare', nargs='*', default=['timm'],
-                    choices=['timm', 'trunk', 'cp', 'vit', 'vit-fused',
-                             'vit-naive'])
+                    choices=['timm', 'trunk', 'aten', 'unfused', 'cp',
+                             'vit', 'vit-fused', 'vit-naive'])
     bb.add_argument('--mode', default='forward', choices=['forward',
                                                           'train'])
     bb.add_argument('--dtype', default='fp32', choices=['fp32', 'bf16'])

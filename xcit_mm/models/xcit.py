@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..registry import MODELS
 from .adapter import XCiTPyramidAdapter
+from .linear import Linear, linear_gelu
 from .presets import resolve_arch
 
 
@@ -164,9 +165,9 @@ class XCA(BaseModule):
         self.num_heads = num_heads
         self.qk_norm = qk_norm
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def attention(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -219,7 +220,10 @@ class LPI(BaseModule):
 
 
 class Mlp(BaseModule):
-    """Linear, activation, dropout, linear, dropout."""
+    """Linear, activation, dropout, linear, dropout.
+
+    Without gradients, a GELU is applied by oneDNN as the first product is
+    written (see :func:`~xcit_mm.models.linear.linear_gelu`)."""
 
     def __init__(self,
                  dim: int,
@@ -228,13 +232,19 @@ class Mlp(BaseModule):
                  drop: float = 0.,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.act = build_activation_layer(act_cfg)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        hidden = None
+        if type(self.act) is nn.GELU:
+            hidden = linear_gelu(x, self.fc1.weight, self.fc1.bias,
+                                 self.act.approximate)
+        if hidden is None:
+            hidden = self.act(self.fc1(x))
+        return self.drop(self.fc2(self.drop(hidden)))
 
 
 class XCABlock(BaseModule):
@@ -555,7 +565,8 @@ class XCiT(BaseModule):
 
     def forward_blocks(self, x: torch.Tensor) -> List[torch.Tensor]:
         """The ``(B, C, Hp, Wp)`` maps after the blocks in ``out_indices``,
-        before the adapter."""
+        before the adapter: channels-last views of the tokens (call
+        ``.contiguous()`` for NCHW)."""
         B = x.shape[0]
         x, H, W = self.patch_embed(x)
         if self.pos_embed is not None:
@@ -570,5 +581,4 @@ class XCiT(BaseModule):
         return feats
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        return self.adapter(
-            [f.contiguous() for f in self.forward_blocks(x)])
+        return self.adapter(self.forward_blocks(x))
