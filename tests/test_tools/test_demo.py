@@ -10,6 +10,9 @@ from PIL import Image
 
 from .utils import cpu_bf16
 
+# the tests that share the demo run on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group('demo')
+
 METRICS = dict(det=('coco/bbox_mAP', 'coco/segm_mAP'), seg=('mIoU', ))
 CONFIGS = dict(det='configs/demo/mask_rcnn_xcit_n12_p8_shapes.py',
                seg='configs/demo/fpn_xcit_n12_p8_shapes.py')

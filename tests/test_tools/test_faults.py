@@ -121,6 +121,7 @@ def infer_folder(demo, tmp_path_factory):
     return folder, out, res
 
 
+@pytest.mark.xdist_group('demo')  # with the demo's tests
 def test_infer_skips_bad_images_by_name_and_does_the_rest(infer_folder):
     folder, out, res = infer_folder
     assert res.code == 1, res.out + res.err
@@ -137,6 +138,7 @@ def test_infer_skips_bad_images_by_name_and_does_the_rest(infer_folder):
     _no_traceback(res)
 
 
+@pytest.mark.xdist_group('demo')  # with the demo's tests
 def test_infer_names_a_missing_input(demo, tmp_path):
     det = demo.metrics('det')
     res = run_tool(['tools/infer.py', det['config'], det['checkpoint'],
@@ -146,6 +148,7 @@ def test_infer_names_a_missing_input(demo, tmp_path):
     _no_traceback(res)
 
 
+@pytest.mark.xdist_group('demo')  # with the demo's tests
 def test_infer_on_an_image_smaller_than_the_pooled_levels(
         infer_folder, demo, tmp_path):
     """24x24 px: the demo's detector (resized to its 128 px scale) and its
