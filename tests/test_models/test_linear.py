@@ -1,14 +1,12 @@
-"""The oneDNN products: :class:`Linear`, the fused MLP GELU and
-:class:`Deconv2x` give ATen's results and gradients, are taken where they
+"""The oneDNN products: :class:`Linear` and the fused MLP GELU give
+ATen's results and gradients, are taken where they
 should be (seen in the dispatched ops) and stay out of autocast, tracing and
 anything that is not float32 on the CPU."""
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from xcit_mm.models.adapter import Deconv2x
 from xcit_mm.models.linear import (Linear, _onednn_available, linear_gelu,
                                    onednn_linear)
 from xcit_mm.models.xcit import Mlp
@@ -132,34 +130,3 @@ def test_mlp_with_another_activation_is_not_fused():
         got = mlp(x)
     assert 'aten.relu' in log.names()
     torch.testing.assert_close(got, mlp.fc2(mlp.fc1(x).relu()))
-
-
-@pytest.mark.parametrize('channels_last_output', [False, True])
-@pytest.mark.parametrize('batch', [1, 2])
-@pytest.mark.parametrize('layout', ['nchw', 'channels_last'])
-def test_deconv2x_is_the_transposed_conv(channels_last_output, batch,
-                                         layout):
-    torch.manual_seed(0)
-    deconv = Deconv2x(6, channels_last_output=channels_last_output)
-    x = torch.randn(batch, 6, 5, 7)
-    if layout == 'channels_last':
-        x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    params = [x, deconv.weight, deconv.bias]
-    got = grads(lambda: deconv(x), *params)
-    want = grads(lambda: F.conv_transpose2d(x, deconv.weight, deconv.bias,
-                                            stride=2), *params)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    out = deconv(x)
-    assert out.shape == (batch, 6, 10, 14)
-    fmt = torch.channels_last if channels_last_output else \
-        torch.contiguous_format
-    assert out.is_contiguous(memory_format=fmt)
-
-
-def test_deconv2x_keeps_the_published_parameters():
-    deconv = Deconv2x(6)
-    assert isinstance(deconv, nn.ConvTranspose2d)
-    assert {k: tuple(v.shape) for k, v in deconv.state_dict().items()} == {
-        'weight': (6, 6, 2, 2), 'bias': (6, )}

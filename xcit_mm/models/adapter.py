@@ -8,10 +8,10 @@ deconvolution (up), identity and max-pooling (down):
   2x2 max-pool;
 - patch 8: 2x up (deconv), identity, 2x2 max-pool, 4x4 max-pool.
 
-The maps arrive as channels-last views of the tokens; the pooling runs on
-them as they are, and the deconvolutions as token products (see
-:class:`Deconv2x`), so no level copies its input. Every level returns a
-contiguous (NCHW) map.
+The maps arrive as channels-last views of the tokens and every level takes
+them as they are (oneDNN's deconvolutions and PyTorch's max-pooling run
+channels-last natively; an NCHW copy of the input first would cost more
+than the level itself); every level returns a contiguous (NCHW) map.
 
 A grid smaller than a pooling window (an input of fewer than 2 patches a side
 at patch 16, 4 at patch 8) is padded with -inf up to the window, so that
@@ -25,37 +25,9 @@ import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.model import BaseModule
 
-from .linear import linear
 
-
-class Deconv2x(nn.ConvTranspose2d):
-    """``ConvTranspose2d(C, C, kernel_size=2, stride=2)``, computed as what
-    it is: each input pixel's ``C`` channels times a ``C x 4C`` matrix give
-    the 2x2 block of output pixels it covers (the blocks do not overlap).
-
-    The product reads the input in any memory layout (a channels-last view
-    of the tokens needs no copy) and runs through
-    :func:`~xcit_mm.models.linear.linear`. The output is contiguous NCHW,
-    or channels-last with ``channels_last_output`` (for a consumer that
-    takes either, such as a norm followed by another ``Deconv2x``).
-    """
-
-    def __init__(self, channels: int, channels_last_output: bool = False):
-        super().__init__(channels, channels, kernel_size=2, stride=2)
-        self.channels_last_output = channels_last_output
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        O = self.out_channels
-        # weight (C, O, 2, 2) -> rows (o, a, b) of a (4 O, C) matrix
-        weight = self.weight.permute(1, 2, 3, 0).reshape(4 * O, C)
-        bias = None if self.bias is None else \
-            self.bias.repeat_interleave(4)
-        y = linear(x.permute(0, 2, 3, 1), weight, bias).view(B, H, W, O, 2, 2)
-        if self.channels_last_output:  # (B, H, a, W, b, O)
-            return y.permute(0, 1, 4, 2, 5, 3).reshape(
-                B, 2 * H, 2 * W, O).permute(0, 3, 1, 2)
-        return y.permute(0, 3, 1, 4, 2, 5).reshape(B, O, 2 * H, 2 * W)
+def _deconv2x(channels: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
 
 
 class MaxPoolAtLeastOne(nn.MaxPool2d):
@@ -96,17 +68,17 @@ class XCiTPyramidAdapter(BaseModule):
         if patch_size == 16:
             levels = [
                 nn.Sequential(
-                    Deconv2x(embed_dims, channels_last_output=True),
+                    _deconv2x(embed_dims),
                     build_norm_layer(norm_cfg, embed_dims)[1],
                     build_activation_layer(act_cfg),
-                    Deconv2x(embed_dims)),
-                nn.Sequential(Deconv2x(embed_dims)),
+                    _deconv2x(embed_dims)),
+                nn.Sequential(_deconv2x(embed_dims)),
                 nn.Identity(),
                 MaxPoolAtLeastOne(kernel_size=2, stride=2),
             ]
         else:
             levels = [
-                nn.Sequential(Deconv2x(embed_dims)),
+                nn.Sequential(_deconv2x(embed_dims)),
                 nn.Identity(),
                 MaxPoolAtLeastOne(kernel_size=2, stride=2),
                 MaxPoolAtLeastOne(kernel_size=4, stride=4),
