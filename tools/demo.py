@@ -116,11 +116,13 @@ def data_options(task: str, data_root: str, iters, val_interval):
 
 
 def read_scalars(work_dir: str):
-    """Training losses and validation metrics that mmengine logged."""
+    """Training losses and validation metrics that mmengine logged in the
+    newest run of ``work_dir`` (each run logs under its own timestamp; the
+    demo trains from scratch, so earlier runs are not part of this one)."""
     files = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
                                       'scalars.json')))
     train, val = [], []
-    for path in files:
+    for path in files[-1:]:
         with open(path) as f:
             for line in f:
                 rec = json.loads(line)

@@ -87,6 +87,9 @@ def test_both_passes_run_through_onednn():
     with onednn_linear(False), OpLog() as off:
         layer(torch.randn(4, 16))
     assert ONEDNN not in off.names()
+    with torch.backends.mkldnn.flags(enabled=False), OpLog() as off:
+        layer(torch.randn(4, 16))
+    assert ONEDNN not in off.names()
 
 
 @needs_onednn

@@ -64,3 +64,19 @@ def test_demo_writes_every_artefact(demo, kind):
     assert metrics['validation_history']  # validated during training
     with open(osp.join(demo.work(kind), 'metrics.json')) as f:
         assert json.load(f) == metrics
+
+
+def test_curves_read_only_the_newest_run(tmp_path):
+    """A second demo in the same work dir plots and reports its own run,
+    not the runs mmengine logged there before."""
+    from tests.helpers import tools_module
+    for stamp, loss, mAP in (('20260101_000000', 9.0, 0.1),
+                             ('20260101_000100', 1.0, 0.6)):
+        vis = tmp_path / stamp / 'vis_data'
+        vis.mkdir(parents=True)
+        (vis / 'scalars.json').write_text(
+            json.dumps(dict(step=10, loss=loss)) + '\n' +
+            json.dumps({'step': 20, 'coco/bbox_mAP': mAP}) + '\n')
+    train, val = tools_module('demo').read_scalars(str(tmp_path))
+    assert train == [(10, 1.0)]
+    assert val == [{'step': 20, 'coco/bbox_mAP': 0.6}]

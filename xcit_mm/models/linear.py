@@ -9,7 +9,8 @@ and backward products go through oneDNN when all of these hold:
 
 - the input and weight are float32 CPU tensors and CPU autocast is off
   (under autocast PyTorch already uses oneDNN's bfloat16 products);
-- the machine is x86-64 and PyTorch was built with oneDNN;
+- the machine is x86-64, PyTorch was built with oneDNN and it is not
+  turned off (``torch.backends.mkldnn.flags(enabled=False)``);
 - the call is not being traced or compiled (``torch.jit.trace``, the FLOP
   counter, ``torch.compile`` and export see a plain ``aten::linear``);
 - :func:`onednn_linear` has not turned it off.
@@ -55,7 +56,13 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling()
             and x.device.type == 'cpu' and x.dtype == torch.float32
             and weight.dtype == torch.float32 and x.numel() > 0
-            and not torch.is_autocast_enabled('cpu') and _onednn_available())
+            and not torch.is_autocast_enabled('cpu')
+            and torch.backends.mkldnn.enabled and _onednn_available())
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors)
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor,
@@ -100,9 +107,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
     """``F.linear``, through oneDNN where the module docstring says."""
     if not _use_onednn(x, weight):
         return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and (
-            x.requires_grad or weight.requires_grad or
-            (bias is not None and bias.requires_grad)):
+    if _needs_grad(x, weight, bias):
         return _OneDNNLinear.apply(x, weight, bias)
     return _product(x, weight, bias)
 
@@ -113,11 +118,7 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
     """``gelu(x @ weight.T + bias)`` in one oneDNN call when no gradient
     is needed (the activation applied as the product is written); None
     where :func:`linear` would not use oneDNN or a gradient is needed."""
-    if torch.is_grad_enabled() and (
-            x.requires_grad or weight.requires_grad or
-            (bias is not None and bias.requires_grad)):
-        return None
-    if not _use_onednn(x, weight):
+    if _needs_grad(x, weight, bias) or not _use_onednn(x, weight):
         return None
     return _product(x, weight, bias, 'gelu', approximate)
 
