@@ -67,11 +67,30 @@ def test_benchmark_backbone(mode, sizes, tmp_path):
     out = tmp_path / 'bench.json'
     stdout = run_tool('benchmark.py', 'backbone', '--arch', 'nano-12',
                       '--patch-size', 16, '--sizes', *sizes, '--compare',
-                      'timm', 'trunk', 'cp', '--mode', mode, *QUICK,
-                      '--json', out)
+                      'timm', 'trunk', 'aten', 'unfused', 'cp', '--mode',
+                      mode, *QUICK, '--json', out)
     assert f'mode {mode}' in stdout
     check_results(json.loads(out.read_text()), stdout,
-                  ['ours', 'timm', 'ours-trunk', 'ours-cp'], sizes)
+                  ['ours', 'timm', 'ours-trunk', 'ours-aten', 'ours-unfused',
+                   'ours-cp'], sizes)
+
+
+def test_ab_cases_turn_their_path_off():
+    """``--compare aten`` / ``unfused`` time the same model without the
+    oneDNN products / without the fused GELU."""
+    import torch
+
+    from xcit_mm.models import linear, xcit
+    bench = tools_module('benchmark', 'analysis')
+    x, w, b = torch.randn(3, 8), torch.randn(16, 8), torch.randn(16)
+    with torch.no_grad():
+        with bench._aten_products():
+            assert not linear._use_onednn(x, w)
+        with bench._unfused_gelu():
+            assert xcit.linear_gelu(x, w, b) is None
+        if linear._onednn_available():
+            assert linear._use_onednn(x, w)
+            assert xcit.linear_gelu(x, w, b) is not None
 
 
 @pytest.mark.parametrize('configs, dtypes', [

@@ -7,7 +7,7 @@ references, or of whole detectors / segmentors from configs, side by side.
 
     # the oneDNN products and the fused GELU against ATen's products / an
     # unfused GELU (A/B of the fast paths)
-    python tools/analysis/benchmark.py backbone --arch small-12 --patch-size 8 \
+    python tools/analysis/benchmark.py backbone --arch small-12 --patch-size 8 \\
         --sizes 512x640 --threads 2 --compare aten unfused
 
     # training step, with gradient checkpointing as a third case
