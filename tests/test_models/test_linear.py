@@ -55,6 +55,24 @@ def test_linear_matches_aten(shape, bias, out_features):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('reduce', ['sum', 'mean'])
+def test_linear_takes_expanded_gradients(reduce):
+    """``out.sum().backward()`` hands the backward a stride-0 gradient."""
+    torch.manual_seed(0)
+    layer = Linear(12, 30)
+    x = torch.randn(2, 9, 12, requires_grad=True)
+    params = [x] + list(layer.parameters())
+
+    def run():
+        return torch.autograd.grad(getattr(layer(x), reduce)(), params)
+
+    got = run()
+    with onednn_linear(False):
+        want = run()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_linear_takes_strided_inputs():
     torch.manual_seed(0)
     layer = Linear(12, 8)

@@ -75,7 +75,8 @@ def _product(x: torch.Tensor, weight: torch.Tensor,
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """``x @ weight.T + bias`` with both passes' products by oneDNN."""
+    """``x @ weight.T + bias`` with both passes' products by oneDNN (the
+    backward is not differentiable again: no second-order gradients)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -84,6 +85,7 @@ class _OneDNNLinear(torch.autograd.Function):
         return _product(x, weight, bias)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
