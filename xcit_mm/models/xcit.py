@@ -223,7 +223,9 @@ class Mlp(BaseModule):
     """Linear, activation, dropout, linear, dropout.
 
     Without gradients, a GELU is applied by oneDNN as the first product is
-    written (see :func:`~xcit_mm.models.linear.linear_gelu`)."""
+    written (see :func:`~xcit_mm.models.linear.linear_gelu`); ``fc1`` and
+    ``act`` are then not called as modules, so hooks registered on them do
+    not run (the block and ``mlp`` itself run theirs as usual)."""
 
     def __init__(self,
                  dim: int,
