@@ -28,6 +28,21 @@ class Trained(NamedTuple):
         return osp.join(self.work, f'iter_{iteration}.pth')
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (``--dist loadgroup``), the tests that share a
+    task's 2-process training run on one worker, so that each training
+    runs once."""
+    for item in items:
+        names = set(getattr(item, 'fixturenames', ()))
+        callspec = getattr(item, 'callspec', None)
+        task = callspec.params.get('task') if callspec else None
+        for name in TASKS:
+            if f'{name}_trained' in names or ('trained' in names
+                                              and task == name):
+                item.add_marker(pytest.mark.xdist_group(f'{name}_trained'))
+
+
 @pytest.fixture(scope='session')
 def shapes_root(tmp_path_factory) -> str:
     """8 training and 4 held-out 64 px images, COCO and ADE20k layouts."""

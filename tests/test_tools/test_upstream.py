@@ -246,8 +246,12 @@ SEG_OURS = """
 
 
 # --------------------------------------------------------------------------
-# Module fixtures: the data, a backbone checkpoint, the trainings
+# Module fixtures: the data, a backbone checkpoint, the trainings (one
+# pytest-xdist worker runs this module, so each of them runs once)
 # --------------------------------------------------------------------------
+pytestmark = pytest.mark.xdist_group('upstream')
+
+
 @pytest.fixture(scope='module')
 def tmp(tmp_path_factory):
     return tmp_path_factory.mktemp('upstream')
