@@ -10,6 +10,19 @@ from torch.nn.modules.batchnorm import _BatchNorm
 BN = dict(type='BN', requires_grad=True)
 
 
+def syncbn_to_bn(node):
+    """Replaces every SyncBN with BN in a config tree, in place (tests only:
+    no process group on the test machine)."""
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+        for value in node.values():
+            syncbn_to_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            syncbn_to_bn(value)
+
+
 def randomize_(module: torch.nn.Module, seed: int = 0):
     """Random values for the tensors that init leaves constant (norm stats
     and affine, layer scale, temperature), so parity checks mean something.

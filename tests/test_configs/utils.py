@@ -8,6 +8,8 @@ import re
 
 from mmengine.config import Config
 
+from tests.helpers import syncbn_to_bn
+
 CONFIGS = osp.join(
     osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
 SIZES = ('t12', 's12', 's24', 'm24')
@@ -54,20 +56,9 @@ def load(path) -> Config:
 
 def to_bn(cfg):
     """A copy of ``cfg`` (a dict or ConfigDict) with every SyncBN replaced by
-    BN (tests only: no process group on the test machine)."""
+    BN."""
     cfg = copy.deepcopy(cfg)
-
-    def visit(node):
-        if isinstance(node, dict):
-            if node.get('type') == 'SyncBN':
-                node['type'] = 'BN'
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                visit(value)
-
-    visit(cfg)
+    syncbn_to_bn(cfg)
     return cfg
 
 

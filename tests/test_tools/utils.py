@@ -10,6 +10,8 @@ import sys
 import time
 from typing import NamedTuple, Optional
 
+from tests.helpers import syncbn_to_bn
+
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # The leaves the tiny configs start from: everything not overridden below
@@ -79,11 +81,6 @@ def _walk(node, fn):
     elif isinstance(node, (list, tuple)):
         for value in node:
             _walk(value, fn)
-
-
-def _syncbn_to_bn(node):
-    if node.get('type') == 'SyncBN':
-        node['type'] = 'BN'
 
 
 def _shrink(factor: int):
@@ -185,7 +182,7 @@ def tiny_config(task: str, data_root: str, arch: Optional[dict] = None,
     cfg.default_hooks.logger.update(interval=1, log_metric_by_epoch=False)
     cfg.default_hooks.checkpoint.update(interval=2)
     cfg.randomness = dict(seed=0)
-    _walk(cfg._cfg_dict, _syncbn_to_bn)
+    syncbn_to_bn(cfg._cfg_dict)
     # the leaves' own variables, now stale copies of what was changed above
     for key in ('data_root', 'dataset_type', 'crop_size', 'multi_scales',
                 'train_pipeline', 'test_pipeline', 'data_preprocessor',
