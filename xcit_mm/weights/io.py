@@ -14,10 +14,10 @@ local file, with the same checks. Any failure raises :class:`CheckpointError`
 naming the file and the problem.
 """
 import argparse
-import os
 import os.path as osp
 import pickle
 import re
+import shutil
 import zipfile
 from collections import OrderedDict
 from typing import Optional
@@ -274,16 +274,9 @@ def _cached_download(url: str) -> str:
     filename = osp.basename(url.split('?')[0]) or 'checkpoint'
     cached = osp.join(cache_dir, filename)
     if not osp.isfile(cached):
-        os.makedirs(cache_dir, exist_ok=True)
-        with get_local_path(url) as tmp:
-            part = f'{cached}.{os.getpid()}.part'
-            with open(tmp, 'rb') as src, open(part, 'wb') as dst:
-                while True:
-                    chunk = src.read(1 << 20)
-                    if not chunk:
-                        break
-                    dst.write(chunk)
-            os.replace(part, cached)
+        from ..fileio import atomic_write
+        with get_local_path(url) as tmp, open(tmp, 'rb') as src:
+            atomic_write(cached, lambda dst: shutil.copyfileobj(src, dst))
     return cached
 
 
@@ -322,18 +315,24 @@ def read_checkpoint(source, map_location='cpu',
             f'{type(err).__name__}: {err}.') from None
 
 
-def save_checkpoint_atomic(obj: dict, path: str):
-    """``torch.save`` to a temporary file, then an atomic rename."""
-    directory = osp.dirname(osp.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = osp.join(directory, f'.{osp.basename(path)}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+_LEGACY_MARK = '__xcit_mm_encoded__'
 
+
+def decode_legacy_checkpoint(obj):
+    """Restores, in place, the history buffers and numpy arrays that earlier
+    versions of this package stored as marked dicts of tensors (a no-op for
+    other checkpoints); returns ``obj``."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) \
+        if isinstance(obj, list) else ()
+    for key, value in list(items):
+        kind = value.get(_LEGACY_MARK) if isinstance(value, dict) else None
+        if kind == 'HistoryBuffer':
+            from mmengine.logging import HistoryBuffer
+            obj[key] = HistoryBuffer(value['log_history'].numpy(),
+                                     value['count_history'].numpy(),
+                                     value['max_length'])
+        elif kind == 'ndarray':
+            obj[key] = value['data'].numpy()
+        else:
+            decode_legacy_checkpoint(value)
+    return obj

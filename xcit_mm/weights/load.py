@@ -1,31 +1,32 @@
-"""Loading converted XCiT weights into a backbone, loudly."""
+"""Loading weights loudly: XCiT weights of any layout into a backbone
+(:func:`load_pretrained`), trained checkpoints into a whole model
+(:func:`load_trained`)."""
 import logging
 import os
 from collections import Counter, OrderedDict
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
 import torch
 
-from .convert import Conversion, convert_backbone_state_dict
-from .io import CheckpointError, read_checkpoint
+from .convert import (Conversion, convert_backbone_state_dict,
+                      unwrap_state_dict)
+from .io import CheckpointError, decode_legacy_checkpoint, read_checkpoint
 
 # The parts of the trunk that must load from any backbone checkpoint; the
 # adapter may be missing (ImageNet weights have none).
 _REQUIRED_PARTS = ('patch_embed', 'pos_embed', 'blocks')
 
 
-def summarize_keys(keys: Iterable[str], limit: int = 8) -> str:
-    """``'blocks.* (12), cls_token'``: keys grouped by their first part."""
-    groups = Counter()
-    singles = {}
+def summarize_keys(keys: Iterable[str], depth: int = 1, limit: int = 8) -> str:
+    """``'blocks.* (12), cls_token'``: keys grouped by their first ``depth``
+    parts, the largest groups first."""
+    groups, singles = Counter(), {}
     for k in keys:
-        head = k.split('.')[0] if '.' in k else k
+        head = '.'.join(k.split('.')[:depth])
         groups[head] += 1
         singles[head] = k
-    parts = [
-        singles[h] if n == 1 else f'{h}.* ({n})'
-        for h, n in groups.most_common()
-    ]
+    parts = [singles[h] if n == 1 else f'{h}.* ({n})'
+             for h, n in groups.most_common()]
     if len(parts) > limit:
         parts = parts[:limit] + [f'... {len(parts) - limit} more groups']
     return ', '.join(parts) if parts else 'none'
@@ -138,3 +139,76 @@ def load_pretrained(model: torch.nn.Module,
             'XCiT: checkpoint tensors with no place in the model, skipped: '
             f'{summarize_keys(unexpected)}')
     return conv
+
+
+def fit_problems(model: torch.nn.Module, state_dict: dict) -> List[str]:
+    """How ``state_dict`` does not fit ``model``, one line per kind: its
+    missing, unexpected and differently shaped tensors."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict
+               and not k.endswith('num_batches_tracked')]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [(k, tuple(v.shape), tuple(own[k].shape))
+              for k, v in state_dict.items() if k in own and
+              hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} tensors of the model are not in the '
+                        f'checkpoint: {summarize_keys(missing, 2, 6)} '
+                        f'(e.g. {missing[0]})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} tensors of the checkpoint are not '
+                        f'in the model: {summarize_keys(unexpected, 2, 6)} '
+                        f'(e.g. {unexpected[0]})')
+    if shapes:
+        shown = '; '.join(f'{k}: {c} in the checkpoint, {m} in the model'
+                          for k, c, m in shapes[:3])
+        problems.append(
+            f'{len(shapes)} tensors have another shape '
+            f'({summarize_keys([k for k, _, _ in shapes], 2, 6)}): {shown}'
+            f'{f"; ... {len(shapes) - 3} more" if len(shapes) > 3 else ""}')
+    return problems
+
+
+def load_trained(model: torch.nn.Module, checkpoint, strict: bool = True,
+                 map_location='cpu') -> List[str]:
+    """Loads a trained detector / segmentor checkpoint (a path, URL or
+    loaded dict, e.g. of mmengine's runner or ``xcit2mm.py --whole-model``)
+    into ``model`` (DDP and TTA wrappers are looked through), and its
+    ``meta['dataset_meta']`` into ``model.dataset_meta`` where both exist.
+
+    Returns:
+        list[str]: what does not fit (:func:`fit_problems`); empty unless
+        ``strict=False``, which loads what fits and leaves the rest.
+
+    Raises:
+        CheckpointError: the file is unreadable (missing, empty, text,
+            corrupt) or, with ``strict``, does not fit the model; the message
+            names the file and what to do.
+    """
+    name = str(checkpoint) if isinstance(checkpoint,
+                                         (str, os.PathLike)) else '<dict>'
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = read_checkpoint(str(checkpoint), map_location)
+    while hasattr(model, 'module'):
+        model = model.module
+    try:
+        state_dict = unwrap_state_dict(checkpoint)
+    except CheckpointError as err:
+        raise CheckpointError(f'{name} is not a model checkpoint: {err}') \
+            from None
+    problems = fit_problems(model, state_dict)
+    if problems and strict:
+        raise CheckpointError(
+            f'{name} does not fit the model:' + ''.join(
+                f'\n- {p}' for p in problems) + '\nUse a checkpoint trained '
+            'with this config (convert the authors\' models with '
+            'tools/model_converters/xcit2mm.py --whole-model).')
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in own
+                           or v.shape == own[k].shape}, strict=False)
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    dataset_meta = meta.get('dataset_meta') if isinstance(meta, dict) else None
+    if dataset_meta and hasattr(model, 'dataset_meta'):
+        model.dataset_meta = decode_legacy_checkpoint(dict(dataset_meta))
+    return problems

@@ -61,8 +61,8 @@ def test_mask_rcnn_checks(mask_rcnn):
             'model.roi_head.bbox_head.num_classes=3') in message
     assert 'mask_head' not in message  # that one fits
     assert ('model.neck.in_channels=[64, 64, 64, 64] but model.backbone '
-            '(XCiT, embed_dims=32) emits 4 maps of 32 channels: set '
-            'model.neck.in_channels=[32] * 4') in message
+            '(XCiT, embed_dims=32) emits [32, 32, 32, 32]: set '
+            'model.neck.in_channels=[32, 32, 32, 32]') in message
 
 
 def test_retinanet_and_neck_to_head_checks():
@@ -74,8 +74,9 @@ def test_retinanet_and_neck_to_head_checks():
         check_model_config(_build('mmdet', cfg), CLASSES)
     message = str(err.value)
     assert 'model.bbox_head.num_classes=80 but the dataset has 3' in message
-    assert ('model.bbox_head.in_channels=24 but model.neck.out_channels=16: '
-            'set model.bbox_head.in_channels=16') in message
+    assert ('model.bbox_head.in_channels=24 but model.neck (5 maps of 16 '
+            'channels) emits [16, 16, 16, 16, 16]: set '
+            'model.bbox_head.in_channels=16') in message
 
 
 def test_mmseg_upernet_checks():
