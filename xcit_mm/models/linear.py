@@ -1,25 +1,15 @@
-"""Linear layers whose float32 CPU products run through oneDNN.
-
-PyTorch sends float32 CPU matrix products to MKL; on AMD EPYC (Zen 5,
-AVX-512) MKL's ``sgemm`` runs XCiT's token projections at about half the
-speed of oneDNN's kernels, which PyTorch ships as well (the ones it uses for
-convolutions and for ``torch.compile``'s CPU linear layers). :class:`Linear`
-is ``nn.Linear`` with the same parameters and state-dict keys; its forward
-and backward products go through oneDNN when all of these hold:
-
-- the input and weight are float32 CPU tensors and CPU autocast is off
-  (under autocast PyTorch already uses oneDNN's bfloat16 products);
-- the machine is x86-64, PyTorch was built with oneDNN and it is not
-  turned off (``torch.backends.mkldnn.flags(enabled=False)``);
-- the call is not being traced or compiled (``torch.jit.trace``, the FLOP
-  counter, ``torch.compile`` and export see a plain ``aten::linear``);
-- :func:`onednn_linear` has not turned it off.
-
-Otherwise it is ``F.linear``. The results equal ``F.linear``'s up to the
-order of the float32 sums (a relative difference of about 1e-6).
-"""
+"""Float32 CPU products by oneDNN's ``mkldnn::_linear_pointwise``, not MKL
+(2x faster on AMD Zen 5): where the inputs are float32 CPU tensors, autocast,
+tracing, compiling and :func:`onednn_linear` are off, oneDNN is enabled and
+the process chose it (:func:`onednn_chosen`, once: the op present and equal
+to ``F.linear`` forward and backward, else one warning; then
+``XCIT_MM_ONEDNN_LINEAR`` 1, or unset and a timing found it >= 5% faster).
+Else ``F.linear``; results differ only in the order of the float32 sums."""
 import contextlib
+import os
 import platform
+import time
+import warnings
 from typing import Optional
 
 import torch
@@ -27,22 +17,58 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 _enabled = True
-_available: Optional[bool] = None
+_chosen: Optional[bool] = None
 
 
-def _onednn_available() -> bool:
-    global _available
-    if _available is None:
-        _available = (platform.machine().lower() in ('x86_64', 'amd64')
-                      and torch.backends.mkldnn.is_available()
-                      and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
-    return _available
+def onednn_chosen() -> bool:
+    """Whether this process runs float32 CPU products through oneDNN."""
+    global _chosen
+    if _chosen is None:
+        if (mode := os.environ.get('XCIT_MM_ONEDNN_LINEAR', '')) not in (
+                '', '0', '1'):
+            raise ValueError(f'XCIT_MM_ONEDNN_LINEAR={mode!r}: set 0 (off), '
+                             '1 (on) or leave it unset (chosen by timing)')
+        _chosen = mode != '0' and _self_check() and (
+            mode == '1' or _onednn_faster())
+    return _chosen
+
+
+def _self_check() -> bool:
+    if platform.machine().lower() not in ('x86_64', 'amd64'):
+        return False
+    results = []
+    with torch.inference_mode(False), torch.enable_grad():
+        try:
+            for fn in (_OneDNNLinear.apply, F.linear):
+                gen = torch.Generator().manual_seed(0)
+                args = [torch.randn(*s, generator=gen, requires_grad=True)
+                        for s in ((3, 5, 24), (40, 24), (40, ))]
+                out = fn(*args)
+                results.append([out] + list(torch.autograd.grad(
+                    (out + out**2).sum(), args)))
+            problem = '' if all(a.shape == b.shape and torch.allclose(
+                a, b, 1e-4, 1e-4) for a, b in zip(*results)) else 'mismatch'
+        except Exception as err:  # noqa: BLE001 (the op missing or changed)
+            problem = f'{type(err).__name__}: {err}'
+    if problem:
+        warnings.warn('xcit_mm: torch.ops.mkldnn._linear_pointwise is not '
+                      f'usable ({problem}); linear layers use F.linear')
+    return not problem
+
+
+def _onednn_faster() -> bool:
+    """Times an MLP product of XCiT nano, 8 images of 16x16 tokens."""
+    x, weight, best = torch.randn(2048, 128), torch.randn(512, 128), {}
+    for _, fn in [(i, f) for i in range(6) for f in (F.linear, _product)]:
+        start = time.perf_counter()
+        fn(x, weight)  # no gradient: neither input requires one
+        best[fn] = min(best.get(fn, 1e9), time.perf_counter() - start)
+    return best[_product] < 0.95 * best[F.linear]
 
 
 @contextlib.contextmanager
 def onednn_linear(enabled: bool):
-    """Turns the oneDNN path of :class:`Linear` on or off inside the
-    block (for comparisons; it is on by default where available)."""
+    """Turns the oneDNN path on or off inside the block (comparisons)."""
     global _enabled
     previous, _enabled = _enabled, enabled
     try:
@@ -57,7 +83,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.device.type == 'cpu' and x.dtype == torch.float32
             and weight.dtype == torch.float32 and x.numel() > 0
             and not torch.is_autocast_enabled('cpu')
-            and torch.backends.mkldnn.enabled and _onednn_available())
+            and torch.backends.mkldnn.enabled and onednn_chosen())
 
 
 def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
@@ -65,18 +91,14 @@ def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
         t is not None and t.requires_grad for t in tensors)
 
 
-def _product(x: torch.Tensor, weight: torch.Tensor,
-             bias: Optional[torch.Tensor] = None,
-             act: str = 'none', algorithm: str = '') -> torch.Tensor:
-    """``act(x @ weight.T + bias)`` by oneDNN; ``weight`` may be a
-    transposed view."""
+def _product(x, weight, bias=None, act='none', algorithm=''):
+    """``act(x @ weight.T + bias)`` by oneDNN (``weight`` may be a view)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [],
                                               algorithm)
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """``x @ weight.T + bias`` with both passes' products by oneDNN (the
-    backward is not differentiable again: no second-order gradients)."""
+    """``x @ weight.T + bias``, both passes by oneDNN (no 2nd order)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -117,17 +139,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor,
 def linear_gelu(x: torch.Tensor, weight: torch.Tensor,
                 bias: Optional[torch.Tensor], approximate: str = 'none'
                 ) -> Optional[torch.Tensor]:
-    """``gelu(x @ weight.T + bias)`` in one oneDNN call when no gradient
-    is needed (the activation applied as the product is written); None
-    where :func:`linear` would not use oneDNN or a gradient is needed."""
+    """``gelu(x @ weight.T + bias)`` in one oneDNN call; None where a
+    gradient is needed or :func:`linear` would not use oneDNN."""
     if _needs_grad(x, weight, bias) or not _use_onednn(x, weight):
         return None
     return _product(x, weight, bias, 'gelu', approximate)
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` whose float32 CPU products run through oneDNN (see the
-    module docstring); same parameters, state dict and results."""
+    """``nn.Linear`` through :func:`linear` (see the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
