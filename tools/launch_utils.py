@@ -39,17 +39,50 @@ def _suggest(path: str) -> str:
     return ''
 
 
+def _syntax_error(path: str, child: Optional[str] = None) -> Optional[str]:
+    """Names the config file (``path`` or one of its local ``_base_``
+    files) whose Python does not parse, with the line, and its child."""
+    import ast
+    with open(path, encoding='utf-8') as f:
+        source = f.read()
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as err:
+        via = f' (a _base_ of {child})' if child else ''
+        return (f'{path}{via}, line {err.lineno}: {err.msg}. Fix the '
+                'Python syntax of that file.')
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                getattr(t, 'id', None) == '_base_' for t in node.targets):
+            try:
+                bases = ast.literal_eval(node.value)
+            except ValueError:
+                break
+            for base in [bases] if isinstance(bases, str) else bases:
+                base = osp.join(osp.dirname(path), base)
+                if '::' not in base and osp.isfile(base):
+                    found = _syntax_error(base, path)
+                    if found:
+                        return found
+    return None
+
+
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     """Reads a config, merges ``--cfg-options`` and checks its scope.
 
     Raises:
         FileNotFoundError: the config file does not exist.
-        ValueError: the config's ``default_scope`` is not mmdet or mmseg.
+        ValueError: the config (or a ``_base_`` of it, named) does not
+            parse, or its ``default_scope`` is not mmdet or mmseg.
     """
     if not osp.isfile(path):
         raise FileNotFoundError(
             f'Config file not found: {path!r}.{_suggest(path)}')
-    cfg = Config.fromfile(path)
+    try:
+        cfg = Config.fromfile(path)
+    except SyntaxError:
+        raise ValueError(_syntax_error(path) or f'{path}: a syntax error in '
+                         'this config or one of its bases.') from None
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     scope = cfg.get('default_scope')
@@ -193,6 +226,90 @@ def exit_cpu_distributed(code: int = 0):
     os._exit(code)
 
 
+_RANK_PID = None  # the process that started the dataloader workers
+
+
+def _worker_start(worker_id: int, inner=None, seed=None,
+                  diff_rank_seed: bool = False, num_workers: int = 0):
+    """A dataloader worker's first step: it dies with the process that
+    started it (Linux ``PR_SET_PDEATHSIG``, so a rank killed with -9 leaves
+    no worker behind), leaves SIGINT and SIGTERM to that process (which
+    finishes its iteration and stops its workers), then runs the config's
+    ``worker_init_fn`` or, as mmengine does without one, seeds numpy,
+    random and torch from the run's seed."""
+    import signal
+    if sys.platform.startswith('linux'):
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        if _RANK_PID is not None and os.getppid() != _RANK_PID:
+            # it died before prctl
+            os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if inner is not None:
+        from mmengine.registry import FUNCTIONS
+        inner = dict(inner)
+        fn = inner.pop('type')
+        return (FUNCTIONS.get(fn) if isinstance(fn, str) else fn)(
+            worker_id, **inner)
+    from mmengine.dataset import worker_init_fn
+    from mmengine.dist import get_rank
+    if seed is None:
+        seed = torch.initial_seed() % 2**31  # per worker, set by torch
+    rank = get_rank()
+    worker_init_fn(worker_id, num_workers, rank,
+                   seed + (rank if diff_rank_seed else 0))
+
+
+def _kill_workers():
+    """At exit, before multiprocessing's own clean-up (which would wait for
+    workers that ignore its SIGTERM): ends the daemonic children."""
+    import multiprocessing
+    import signal
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # no "worker killed" error
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+def guard_dataloader_workers(cfg: Config):
+    """Starts every dataloader worker of ``cfg`` with
+    :func:`_worker_start` (chaining the config's own ``worker_init_fn``)."""
+    from mmengine.registry import FUNCTIONS
+    global _RANK_PID
+    if _RANK_PID is None:
+        atexit.register(_kill_workers)
+    _RANK_PID = os.getpid()
+    FUNCTIONS.register_module('xcit_mm_worker_start', force=True,
+                              module=_worker_start)
+    randomness = cfg.get('randomness') or {}
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key)
+        if isinstance(loader, dict) and loader.get('num_workers', 0) > 0:
+            loader['worker_init_fn'] = dict(
+                type='xcit_mm_worker_start',
+                inner=loader.get('worker_init_fn'),
+                seed=randomness.get('seed'),
+                diff_rank_seed=randomness.get('diff_rank_seed', False),
+                num_workers=loader['num_workers'])
+
+
+def dist_timeout(cfg) -> float:
+    """The seconds a rank waits for the others in a collective before it
+    fails: ``env_cfg.dist_cfg.timeout`` (as in mmengine), else torch's
+    default of 1800."""
+    env = cfg.get('env_cfg') or {}
+    return float((env.get('dist_cfg') or {}).get('timeout') or 1800)
+
+
+def timeout_message(cfg) -> str:
+    """What a rank says when a collective timed out."""
+    return (f'no answer from another rank within {dist_timeout(cfg):.0f} s '
+            '(env_cfg.dist_cfg.timeout): a rank stopped, froze or died; the '
+            'launcher output says which. Raise the timeout with --cfg-options '
+            'env_cfg.dist_cfg.timeout=SECONDS if a step is that slow.')
+
+
 def init_cpu_distributed(launcher: str, cfg) -> bool:
     """Starts gloo and selects :class:`CPUCompatibleDDP` when ``launcher``
     is ``'pytorch'`` and no GPU is present. Returns whether it did."""
@@ -204,7 +321,9 @@ def init_cpu_distributed(launcher: str, cfg) -> bool:
                 f'--launcher pytorch needs {var} in the environment; start '
                 'the script with tools/dist_train.sh or torchrun.')
     if not dist.is_initialized():
-        dist.init_process_group(backend='gloo')
+        import datetime
+        dist.init_process_group(backend='gloo', timeout=datetime.timedelta(
+            seconds=dist_timeout(cfg)))
         # A gloo group still alive at interpreter exit sometimes aborts a
         # rank ("terminate called without an active exception").
         atexit.register(_destroy_process_group)

@@ -16,8 +16,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from mmengine.config import DictAction  # noqa: E402
 
 from launch_utils import (check_dataset_paths, exit_cpu_distributed,  # noqa: E402,E501
-                          init_cpu_distributed, load_config, set_work_dir,
-                          setup_amp)
+                          guard_dataloader_workers, init_cpu_distributed,
+                          load_config, set_work_dir, setup_amp,
+                          timeout_message)
 
 
 def parse_args(argv=None):
@@ -46,10 +47,19 @@ def parse_args(argv=None):
     return args
 
 
+def _rank() -> int:
+    """This process's rank before any process group exists."""
+    return int(os.environ.get('RANK', os.environ.get('SLURM_PROCID', 0)))
+
+
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.logging import print_log
     from mmengine.runner import Runner
+
+    from xcit_mm.engine.hooks import (ResumeError, TrainingInterrupted,
+                                      WorkDirLockedError, lock_work_dir)
+    from xcit_mm.engine.hooks.checkpoint_hook import checkpoint_problem
 
     try:
         cfg = load_config(args.config, args.cfg_options)
@@ -72,11 +82,24 @@ def main(argv=None):
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
-        if not osp.isfile(args.resume):
-            sys.exit(f'error: --resume checkpoint not found: '
-                     f'{args.resume!r}')
+        problem = checkpoint_problem(args.resume)
+        if problem:
+            sys.exit(f'error: --resume {args.resume}: the checkpoint is '
+                     f'{problem}. Name an intact one, or give --resume '
+                     'without a file to take the newest intact checkpoint '
+                     'of the work dir.')
         cfg.resume = True
         cfg.load_from = args.resume
+
+    if args.launcher == 'none' or _rank() == 0:
+        try:  # before the runner writes its log and config dump
+            lock_work_dir(cfg.work_dir)
+        except WorkDirLockedError as err:
+            sys.exit(f'error: {err}')
+    hooks = cfg.get('custom_hooks') or []
+    if not any(h.get('type') == 'PreemptionHook' for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='PreemptionHook')]
+    guard_dataloader_workers(cfg)
 
     cpu_distributed = init_cpu_distributed(args.launcher, cfg)
     if 'runner_type' in cfg:
@@ -86,7 +109,18 @@ def main(argv=None):
         runner = Runner.from_cfg(cfg)
     if precision:
         print_log(f'mixed precision: {precision}', logger='current')
-    runner.train()
+    try:
+        runner.train()
+    except ResumeError as err:
+        sys.exit(f'error: {err}')
+    except TrainingInterrupted as stop:
+        if cpu_distributed:
+            exit_cpu_distributed(stop.code)
+        raise
+    except RuntimeError as err:
+        if cpu_distributed and 'timed out' in str(err).lower():
+            sys.exit(f'error: rank {_rank()}: {timeout_message(cfg)}')
+        raise
     return cpu_distributed
 
 

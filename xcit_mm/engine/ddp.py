@@ -7,16 +7,11 @@ from ..registry import MODEL_WRAPPERS
 
 @MODEL_WRAPPERS.register_module()
 class CPUCompatibleDDP(MMDistributedDataParallel):
-    """``MMDistributedDataParallel`` that also runs on CPUs (gloo).
-
-    mmengine's runner passes ``device_ids=[LOCAL_RANK]``, which DDP rejects
-    for a CPU module, and SyncBN does not run under gloo: without a GPU this
-    wrapper drops ``device_ids`` and turns SyncBN into BN. With CUDA
-    available it is exactly ``MMDistributedDataParallel``.
-    """
+    """``MMDistributedDataParallel`` that also runs on CPUs (gloo): without
+    a GPU it drops the runner's ``device_ids=[LOCAL_RANK]`` (DDP rejects it
+    for a CPU module) and turns SyncBN, which gloo cannot run, into BN."""
 
     def __init__(self, module, device_ids=None, **kwargs):
         if not torch.cuda.is_available():
-            device_ids = None
-            module = revert_sync_batchnorm(module)
+            device_ids, module = None, revert_sync_batchnorm(module)
         super().__init__(module=module, device_ids=device_ids, **kwargs)

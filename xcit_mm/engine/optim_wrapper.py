@@ -1,6 +1,6 @@
 """Mixed precision on any device: mmengine's AMP on GPUs, bfloat16 on CPUs."""
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
@@ -20,26 +20,11 @@ def cpu_supports_bf16() -> bool:
 
 @OPTIM_WRAPPERS.register_module()
 class AutoAmpOptimWrapper(OptimWrapper):
-    """``AmpOptimWrapper`` where an accelerator is present; on a CPU,
-    bfloat16 autocast with no loss scaler (bf16 has the range of fp32), or
-    fp32 when the CPU has no native bf16.
-
-    mmengine's ``AmpOptimWrapper`` asserts a GPU; name this one instead
-    (``optim_wrapper.type='AutoAmpOptimWrapper'``) and the same config
-    trains in mixed precision on GPUs (unchanged: it builds an
-    ``AmpOptimWrapper`` with the given ``loss_scale`` and ``dtype``) and in
-    bf16 on CPUs. In bf16 it makes mmcv's CPU NMS and RoIAlign run in
-    float32 (:func:`~xcit_mm.engine.cpu_amp.fp32_mmcv_ops_on_cpu`).
-
-    Args:
-        loss_scale: Passed to ``AmpOptimWrapper`` on an accelerator;
-            unused on a CPU.
-        dtype: Passed to ``AmpOptimWrapper`` on an accelerator; on a CPU
-            only ``None``, ``'bfloat16'`` or ``torch.bfloat16`` are valid.
-        cpu_dtype (str): ``'bfloat16'`` (the default: bf16 where the CPU
-            supports it natively, else fp32) or ``'float32'`` to turn
-            autocast off on CPUs.
-        **kwargs: ``OptimWrapper``'s arguments.
+    """mmengine's ``AmpOptimWrapper`` (which asserts a GPU) on an
+    accelerator, built with the given ``loss_scale`` and ``dtype``; on a CPU
+    bfloat16 autocast without a loss scaler (with mmcv's NMS and RoIAlign in
+    fp32), or fp32 where the CPU has no native bf16 or ``cpu_dtype`` is
+    ``'float32'``. On a CPU ``dtype`` may only be None or bfloat16.
     """
 
     def __new__(cls, *args, **kwargs):
@@ -60,22 +45,18 @@ class AutoAmpOptimWrapper(OptimWrapper):
                 f'On a CPU, autocast runs in bfloat16 only; dtype={dtype!r} '
                 'is for GPUs. Drop it or set it to bfloat16.')
         self.cast_dtype = None
-        if cpu_dtype == 'bfloat16':
-            if cpu_supports_bf16():
-                self.cast_dtype = torch.bfloat16
-                fp32_mmcv_ops_on_cpu()
-            else:
-                warnings.warn(
-                    'This CPU has no native bfloat16 (AVX512-BF16 or AMX): '
-                    'training in fp32.')
+        if cpu_dtype == 'bfloat16' and cpu_supports_bf16():
+            self.cast_dtype = torch.bfloat16
+            fp32_mmcv_ops_on_cpu()
+        elif cpu_dtype == 'bfloat16':
+            warnings.warn('This CPU has no native bfloat16 (AVX512-BF16 or '
+                          'AMX): training in fp32.')
         self.reason = ('bfloat16 autocast on the CPU'
-                       if self.cast_dtype is not None else 'fp32 on the CPU')
+                       if self.cast_dtype else 'fp32 on the CPU')
 
     @contextmanager
     def optim_context(self, model: torch.nn.Module):
-        with super().optim_context(model):
-            if self.cast_dtype is None:
-                yield
-            else:
-                with torch.autocast('cpu', dtype=self.cast_dtype):
-                    yield
+        cast = torch.autocast('cpu', dtype=self.cast_dtype) \
+            if self.cast_dtype else nullcontext()
+        with super().optim_context(model), cast:
+            yield

@@ -3,6 +3,7 @@ the lock is released after a kill and after a run."""
 import signal
 import time
 
+import xcit_mm  # noqa: F401  (registers the hooks, as configs import it)
 from tests.test_engine.test_hooks.toy import (probe, run_script, start_script,
                                               train)
 

@@ -1,146 +1,92 @@
 """WorkDirLockHook: refuses a second live training in the same work dir."""
-import contextlib
 import os
 import os.path as osp
 import socket
 import time
-from typing import Dict
 
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
-from mmengine.runner import BaseLoop
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-__all__ = ['WorkDirLockHook', 'WorkDirLockedError']
+_HELD = {}  # real path of a lock file -> its open file, in this process
 
 
 class WorkDirLockedError(RuntimeError):
     """Another live training holds the work dir."""
 
 
-# Locks held by this process: real path of the lock file -> open file.
-_HELD_LOCKS: Dict[str, object] = {}
+def lock_work_dir(work_dir: str, filename: str = '.train.lock') -> bool:
+    """Takes a non-blocking exclusive ``flock`` on ``work_dir/filename`` for
+    this process (which it records: pid, host, start); the system drops it
+    when the process dies, however it dies. A refused call writes nothing.
+    Returns False where ``flock`` is not available.
+
+    Raises:
+        WorkDirLockedError: another live process holds it.
+    """
+    path = osp.realpath(osp.join(work_dir, filename))
+    if path in _HELD or fcntl is None:
+        return fcntl is not None
+    os.makedirs(work_dir, exist_ok=True)
+    lock_file = open(path, 'a+')
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = dict(ln.partition('=')[::2] for ln in lock_file.read().split())
+        lock_file.close()
+        raise WorkDirLockedError(
+            f'Another training is running in the work dir {work_dir} '
+            f'(process {holder.get("pid", "?")} on {holder.get("host", "?")}'
+            f', started {holder.get("started", "?")}; it holds {path}). Two '
+            "trainings in one work dir overwrite each other's checkpoints: "
+            'wait for it to finish or stop it, or train in another work dir '
+            '(--work-dir DIR).') from None
+    except OSError:
+        lock_file.close()
+        return False
+    lock_file.truncate(0)
+    lock_file.write(f'pid={os.getpid()} host={socket.gethostname()} '
+                    f'started={time.strftime("%Y-%m-%dT%H:%M:%S")}\n')
+    lock_file.flush()
+    _HELD[path] = lock_file
+    return True
+
+
+def unlock_work_dir(work_dir: str, filename: str = '.train.lock') -> None:
+    """Releases this process's lock (explicitly: forked dataloader workers
+    share the open file)."""
+    lock_file = _HELD.pop(osp.realpath(osp.join(work_dir, filename)), None)
+    if lock_file is not None:
+        lock_file.truncate(0)
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        lock_file.close()
 
 
 @HOOKS.register_module()
 class WorkDirLockHook(Hook):
-    """Refuses to start a training in a work dir where one is running.
-
-    Two trainings in one work dir overwrite each other's checkpoints and
-    ``last_checkpoint``. In ``before_run`` of a training run the main
-    process takes a non-blocking exclusive ``fcntl.flock`` on
-    ``<work_dir>/.train.lock`` (which records its pid, host and start time)
-    until ``after_run``; if another process holds it, the run fails at once
-    with :class:`WorkDirLockedError` naming the work dir and that pid. The
-    operating system drops a ``flock`` when its process dies, however it
-    dies, so a run killed with ``kill -9`` blocks nothing and leaves nothing
-    to clean up.
-
-    A hook of its own because the lock is useful with any checkpoint hook
-    and must come before anything else touches the work dir in
-    ``before_run``: priority ``HIGHEST``, while checkpoint hooks are
-    ``VERY_LOW`` (so the resume repair happens under the lock).
-    ``before_run`` is the earliest a hook can act (hooks are built in
-    ``Runner.__init__`` without the runner), and by then ``Runner.__init__``
-    has made the run's log dir and dumped the config into the work dir: a
-    refused run leaves an empty log dir and a rewritten config dump, and
-    touches nothing else.
-
-    Only training takes the lock (``tools/test.py`` may evaluate a
-    checkpoint of a running training). A run that raises keeps the lock
-    until the process exits or a later run in it takes the lock over.
-    Without ``fcntl`` (Windows), or on file systems refusing ``flock``, the
-    hook warns and does nothing.
-
-    Args:
-        filename (str): The lock file, relative to the work dir.
-            Defaults to ``'.train.lock'``.
-    """
-
+    """Takes the work-dir lock (:func:`lock_work_dir`) on the main process
+    when a training starts, and releases it after the run. ``before_run``
+    comes after ``Runner.__init__`` has made its log dir and dumped the
+    config: ``tools/train.py`` takes the lock before building the runner,
+    so that a refused run writes nothing. Priority ``HIGHEST``. Warns and
+    does nothing where ``flock`` is not available (Windows, some network
+    file systems). Evaluation runs do not lock."""
     priority = 'HIGHEST'
 
     def __init__(self, filename: str = '.train.lock') -> None:
         self.filename = filename
-        self._file = None
-        self._path = None
 
-    @staticmethod
-    def _is_training(runner) -> bool:
-        # Runner.train builds the train loop before before_run; val/test do
-        # not (and runner.train_loop would build it, hence _train_loop).
-        loop = runner._train_loop
-        return isinstance(loop, BaseLoop) and loop.iter < loop.max_iters
-
-    def before_run(self, runner) -> None:
-        """Takes the work-dir lock for a training run (rank 0 only).
-
-        Raises:
-            WorkDirLockedError: another live process holds the lock.
-        """
-        if not is_main_process() or not self._is_training(runner):
-            return
-        if fcntl is None:
-            runner.logger.warning(
-                'WorkDirLockHook: fcntl is not available here; the work dir '
-                'is not locked against a second training.')
-            return
-        path = osp.join(runner.work_dir, self.filename)
-        key = osp.realpath(path)
-        previous = _HELD_LOCKS.pop(key, None)
-        if previous is not None:  # a run of this process that raised
-            previous.close()
-        lock_file = open(path, 'a+')
-        try:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock_file.seek(0)
-            # key=value lines
-            holder = dict(
-                line.partition('=')[::2]
-                for line in lock_file.read().splitlines())
-            lock_file.close()
-            who = f'process {holder["pid"]}' if holder.get('pid') else \
-                'another process'
-            if holder.get('host'):
-                who += f' on {holder["host"]}'
-            if holder.get('started'):
-                who += f', started {holder["started"]}'
-            raise WorkDirLockedError(
-                f'Another training is running in the work dir '
-                f'{runner.work_dir} ({who}; it holds {path}). Two trainings '
-                'in one work dir overwrite each other\'s checkpoints: wait '
-                'for it to finish or stop it, or train in another work dir '
-                '(--work-dir DIR).') from None
-        except OSError as err:
-            lock_file.close()
-            runner.logger.warning(
-                f'WorkDirLockHook: cannot lock {path} ({err}); the work dir '
-                'is not locked against a second training.')
-            return
-        lock_file.seek(0)
-        lock_file.truncate()
-        lock_file.write(f'pid={os.getpid()}\nhost={socket.gethostname()}\n'
-                        f'started={time.strftime("%Y-%m-%d %H:%M:%S")}\n')
-        lock_file.flush()
-        self._file, self._path = lock_file, key
-        _HELD_LOCKS[key] = lock_file
+    def before_train(self, runner) -> None:
+        if is_main_process() and \
+                not lock_work_dir(runner.work_dir, self.filename):
+            runner.logger.warning('WorkDirLockHook: cannot lock the work dir'
+                                  ' (no flock here) against a second run.')
 
     def after_run(self, runner) -> None:
-        """Releases the lock."""
-        if self._file is None:
-            return
-        lock_file, self._file = self._file, None
-        if _HELD_LOCKS.get(self._path) is lock_file:
-            del _HELD_LOCKS[self._path]
-        # An explicit unlock: forked dataloader workers share the open file,
-        # so closing it here alone would not release the lock.
-        with contextlib.suppress(OSError, ValueError):
-            lock_file.seek(0)
-            lock_file.truncate()
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
-        lock_file.close()
+        unlock_work_dir(runner.work_dir, self.filename)
