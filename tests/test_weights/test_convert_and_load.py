@@ -241,6 +241,49 @@ def test_offline_converter_tool(timm_model, tmp_path, repo_root):
     _check_loaded(model, timm_model)
 
 
+@pytest.mark.parametrize(
+    'layout', ['authors', 'timm', 'timm-safetensors', 'mmpretrain', 'twice'])
+def test_converter_report_asks_for_no_switch_for_published_maths(
+        timm_model, layout, tmp_path, repo_root):
+    """These layouts compute the published maths (the backbone's defaults):
+    the report says so and asks for no switch; converting a converted file
+    ('twice') keeps that."""
+    src = _save_layout(timm_model, 'timm' if layout == 'twice' else layout,
+                       tmp_path)
+    for step in range(2 if layout == 'twice' else 1):
+        dst = tmp_path / f'converted{step}.pth'
+        res = subprocess.run(
+            [sys.executable, 'tools/model_converters/xcit2mm.py', str(src),
+             str(dst)], cwd=repo_root, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        src = dst
+    assert 'note:' not in res.stdout and 'qk_norm' not in res.stdout
+    assert "maths: the published one, the backbone's defaults" in res.stdout
+    # a converted backbone has timm's keys (and no adapter yet)
+    assert f"{'timm' if layout == 'twice' else layout.split('-')[0]} " \
+        'layout' in res.stdout
+
+
+def test_offline_converter_refuses_to_half_write(timm_model, tmp_path,
+                                                  repo_root):
+    """A file-size limit below the output's size: one line naming the
+    file, exit 1, no partial file left (as on a full disk)."""
+    src = _save_layout(timm_model, 'timm', tmp_path)
+    dst = tmp_path / 'dst.pth'
+    code = ('import resource, runpy, sys; '
+            'resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000)); '
+            'sys.argv = sys.argv[1:]; '
+            'runpy.run_path(sys.argv[0], run_name="__main__")')
+    res = subprocess.run(
+        [sys.executable, '-c', code, 'tools/model_converters/xcit2mm.py',
+         str(src), str(dst)], cwd=repo_root, capture_output=True, text=True)
+    assert res.returncode == 1, res.stderr
+    assert f'error: [Errno 27] Could not write {dst} (File too large); it ' \
+        'was not created and nothing was half-written' in res.stderr
+    assert 'Traceback' not in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['timm.pth']
+
+
 def test_offline_converter_refuses_bad_input(tmp_path, repo_root):
     bad = tmp_path / 'bad.pth'
     bad.write_bytes(b'not a checkpoint')

@@ -70,6 +70,9 @@ def test_converter_cli_output_reproduces_their_features(
         capture_output=True)
     assert res.returncode == 0, res.stderr
     assert f'{framework} layout' in res.stdout
+    assert ('note: these weights need the backbone built with qk_norm=False'
+            in res.stdout) == (framework == 'mindcv')
+    assert ('qk_norm' in res.stdout) == (framework == 'mindcv')
     maths = MINDCV_MATHS if framework == 'mindcv' else None
     model = _model(patch_size, maths, dst)
     model.init_weights()

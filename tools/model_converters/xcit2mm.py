@@ -12,14 +12,18 @@ becomes a backbone file, loadable with
 ``init_cfg=dict(type='Pretrained', checkpoint=DST)``.
 """
 import argparse
+import io
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from xcit_mm.weights import (CheckpointError, convert_checkpoint,  # noqa: E402
-                             read_checkpoint, save_checkpoint_atomic,
+import torch  # noqa: E402
+
+from xcit_mm.weights import (CheckpointError, atomic_write,  # noqa: E402
+                             convert_checkpoint, read_checkpoint,
                              summarize_keys)
+from xcit_mm.weights.convert import switches_needed  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -50,15 +54,24 @@ def main(argv=None) -> int:
         meta.update({k: v for k, v in ckpt['meta'].items()
                      if k in ('CLASSES', 'classes', 'PALETTE', 'palette',
                               'dataset_meta')})
-    save_checkpoint_atomic({'state_dict': conv.state_dict, 'meta': meta},
-                           args.dst)
+    try:
+        buffer = io.BytesIO()  # a full disk then fails in a plain write
+        torch.save({'state_dict': conv.state_dict, 'meta': meta}, buffer)
+        atomic_write(args.dst, buffer.getvalue())
+    except OSError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
     print(f'{args.src}: {conv.layout} layout, '
           f'{"whole model" if whole else "backbone"}; wrote '
           f'{len(conv.state_dict)} tensors to {args.dst}; dropped: '
           f'{summarize_keys(conv.dropped)}')
-    if conv.requires:
-        switches = ', '.join(f'{k}={v!r}' for k, v in conv.requires.items())
+    needed = switches_needed(conv.requires)
+    if needed:
+        switches = ', '.join(f'{k}={v!r}' for k, v in needed.items())
         print(f'note: these weights need the backbone built with {switches}')
+    elif conv.requires:
+        print('maths: the published one, the backbone\'s defaults (no '
+              'switch needed)')
     return 0
 
 

@@ -159,7 +159,10 @@ def _rename_backbone_key(key: str, layout: str) -> str:
 class Conversion(NamedTuple):
     """What a conversion produced: the state dict, the layout found, the
     keys dropped, and the backbone arguments that the checkpoint's maths
-    needs (e.g. ``{'qk_norm': False}``; empty for the published maths)."""
+    needs (:data:`PUBLISHED_MATHS`, the backbone's defaults, for the
+    authors', timm's, mmpretrain's and PASSL's weights; MindCV's differ;
+    empty when unknown: a checkpoint trained with this package).
+    :func:`switches_needed` says which of them a user must set."""
     state_dict: 'OrderedDict[str, torch.Tensor]'
     layout: str
     dropped: List[str]
@@ -177,6 +180,12 @@ def _default_prefix(state_dict) -> Optional[str]:
 def _meta(checkpoint) -> dict:
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     return meta if isinstance(meta, dict) else {}
+
+
+def switches_needed(requires: Dict[str, object]) -> Dict[str, object]:
+    """The entries of a :attr:`Conversion.requires` that differ from the
+    backbone's defaults: what a config must add."""
+    return {k: v for k, v in requires.items() if PUBLISHED_MATHS.get(k) != v}
 
 
 def _requires(checkpoint, layout: str) -> Dict[str, object]:

@@ -171,11 +171,13 @@ def fit_problems(model: torch.nn.Module, state_dict: dict) -> List[str]:
 
 
 def load_trained(model: torch.nn.Module, checkpoint, strict: bool = True,
-                 map_location='cpu') -> List[str]:
+                 map_location='cpu', target: str = 'the model') -> List[str]:
     """Loads a trained detector / segmentor checkpoint (a path, URL or
     loaded dict, e.g. of mmengine's runner or ``xcit2mm.py --whole-model``)
     into ``model`` (DDP and TTA wrappers are looked through), and its
     ``meta['dataset_meta']`` into ``model.dataset_meta`` where both exist.
+
+    ``target`` names the model in messages (e.g. ``'the model of CONFIG'``).
 
     Returns:
         list[str]: what does not fit (:func:`fit_problems`); empty unless
@@ -200,7 +202,7 @@ def load_trained(model: torch.nn.Module, checkpoint, strict: bool = True,
     problems = fit_problems(model, state_dict)
     if problems and strict:
         raise CheckpointError(
-            f'{name} does not fit the model:' + ''.join(
+            f'{name} does not fit {target}:' + ''.join(
                 f'\n- {p}' for p in problems) + '\nUse a checkpoint trained '
             'with this config (convert the authors\' models with '
             'tools/model_converters/xcit2mm.py --whole-model).')
