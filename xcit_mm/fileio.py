@@ -1,15 +1,23 @@
 """Complete files or none: :func:`atomic_write`, used by every writer of the
-package (checkpoints, ``last_checkpoint``, converted weights), and
+package (checkpoints, ``last_checkpoint``, converted weights);
 :class:`AtomicLocalBackend`, mmengine's local file backend writing through
-it (registered as ``'xcit_atomic_local'`` for ``backend_args``)."""
+it (``backend_args=dict(backend='xcit_atomic_local')``); and the checks that
+find what a killed writer left (:func:`checkpoint_problem`,
+:func:`remove_dead_temp_files`)."""
 import contextlib
 import os
 import os.path as osp
-from typing import Callable, List, Union
+import re
+import zipfile
+from typing import Callable, List, Optional, Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
-__all__ = ['AtomicWriteError', 'AtomicLocalBackend', 'atomic_write']
+__all__ = [
+    'AtomicWriteError', 'AtomicLocalBackend', 'atomic_write',
+    'checkpoint_problem', 'remove_dead_temp_files'
+]
+_TMP = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$')  # atomic_write's
 
 
 class AtomicWriteError(OSError):
@@ -93,3 +101,49 @@ class AtomicLocalBackend(LocalBackend):
             elif osp.exists(path):
                 super().remove(path)
         return done
+
+
+def remove_dead_temp_files(directory: str) -> List[str]:
+    """Removes the temporary files that :func:`atomic_write` calls of
+    processes no longer running left in ``directory``; returns them."""
+    removed = []
+    for name in os.listdir(directory) if osp.isdir(directory) else ():
+        match = _TMP.match(name)
+        with contextlib.suppress(OSError):
+            if match:
+                try:
+                    os.kill(int(match['pid']), 0)  # still running
+                except ProcessLookupError:
+                    os.remove(osp.join(directory, name))
+                    removed.append(osp.join(directory, name))
+    return removed
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """``None`` if the checkpoint ``path`` is intact, else why not
+    (``'missing'``, ``'empty (0 bytes)'``, ``'truncated (...)'``, ...).
+
+    A ``torch.save`` zip cut short has no central directory and a damaged
+    one fails a CRC (``ZipFile.testzip``); nothing is unpickled. A directory
+    (a DeepSpeed checkpoint) and a legacy non-zip file pass as they are.
+    """
+    if osp.isdir(path) or not osp.exists(path):
+        return None if osp.isdir(path) else 'missing'
+    if osp.getsize(path) == 0:
+        return 'empty (0 bytes)'
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, 'rb') as f:
+                if f.read(4) == b'PK\x03\x04':
+                    return (f'truncated ({osp.getsize(path)} bytes; the zip '
+                            'archive has no central directory)')
+            return None
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                return f'corrupt (CRC error in member {bad!r})'
+            if not any(n.endswith('data.pkl') for n in archive.namelist()):
+                return 'not a torch checkpoint (no data.pkl inside)'
+    except Exception as err:  # noqa: BLE001 - any failure means unreadable
+        return f'unreadable ({type(err).__name__}: {err})'
+    return None

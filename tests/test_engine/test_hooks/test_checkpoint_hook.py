@@ -12,8 +12,9 @@ import torch
 
 from tests.test_engine.test_hooks.toy import (PYTHON, XCiTMMToyMetric,
                                               ckpt_files, probe, run_script,
-                                              train)
-from xcit_mm.engine.hooks import CheckpointResumeError, checkpoint_problem
+                                              subprocess_env, train)
+from xcit_mm.engine.hooks import CheckpointResumeError
+from xcit_mm.fileio import checkpoint_problem
 
 
 def log_text(runner):
@@ -198,3 +199,44 @@ def test_killed_during_checkpoint_save_resumes_from_intact(tmp_path, kill):
     assert 'TOY done' in out
     assert ckpt_files(tmp_path) == ['iter_5.pth']
     assert last_checkpoint(tmp_path).endswith('iter_5.pth')
+
+
+FSIZE_SCRIPT = '''
+import resource, sys
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+import xcit_mm
+from tests.test_engine.test_hooks.toy import build_runner, toy_cfg
+
+@HOOKS.register_module(force=True)
+class XCiTMMToyDiskFullHook(Hook):
+    """From the checkpoint of iteration 3 on (after the logger, before the
+    checkpoint hook), no file of the process may exceed 256 bytes."""
+    priority = 'LOW'
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None):
+        if runner.iter + 1 == 3:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
+
+cfg = toy_cfg(sys.argv[1], max_iters=4, interval=1, max_keep_ckpts=1,
+              custom_hooks=[dict(type='XCiTMMToyDiskFullHook')])
+build_runner(cfg).train()
+'''
+
+
+def test_failed_save_names_the_file_and_keeps_the_previous(tmp_path):
+    """A save that hits a file-size limit (as on a full disk) stops the run
+    with one message naming the file and the intact previous checkpoint;
+    nothing half-written, last_checkpoint unchanged, nothing removed."""
+    res = subprocess.run([PYTHON, '-c', FSIZE_SCRIPT, str(tmp_path)],
+                         capture_output=True, text=True, timeout=120,
+                         env=subprocess_env())
+    assert res.returncode != 0
+    assert (f'OSError: Saving checkpoint {tmp_path}/iter_3.pth failed (File '
+            f'too large); the previous checkpoint, {tmp_path}/iter_2.pth, is '
+            'intact and last_checkpoint still names it. Free space or fix the '
+            'permissions, then resume (--resume).') in res.stderr
+    assert ckpt_files(tmp_path) == ['iter_2.pth']
+    assert checkpoint_problem(str(tmp_path / 'iter_2.pth')) is None
+    assert last_checkpoint(tmp_path) == str(tmp_path / 'iter_2.pth')

@@ -7,8 +7,7 @@ mmdet and mmseg configs name them alike)::
                     dict(type='XCiTConfigCheckHook'),
                     dict(type='PreemptionHook')]
 """
-from .checkpoint_hook import (AtomicCheckpointHook, CheckpointResumeError,
-                              checkpoint_problem)
+from .checkpoint_hook import AtomicCheckpointHook, CheckpointResumeError
 from .config_check_hook import XCiTConfigCheckHook, check_model_config
 from .finite_loss_hook import FiniteLossHook
 from .preemption_hook import PreemptionHook, ResumeError, TrainingInterrupted
@@ -18,6 +17,6 @@ from .work_dir_lock_hook import (WorkDirLockedError, WorkDirLockHook,
 __all__ = [
     'AtomicCheckpointHook', 'CheckpointResumeError', 'FiniteLossHook',
     'WorkDirLockHook', 'WorkDirLockedError', 'XCiTConfigCheckHook',
-    'check_model_config', 'checkpoint_problem', 'PreemptionHook',
+    'check_model_config', 'PreemptionHook',
     'ResumeError', 'TrainingInterrupted', 'lock_work_dir'
 ]
