@@ -4,10 +4,11 @@
         [--show] [--show-dir DIR] [--tta] [--amp] [--allow-partial-load]
         [--cfg-options k=v ...] [--launcher pytorch]
 
-Checkpoints are read with torch's weights-only loader (xcit_mm allows the
-few globals that mmengine's own checkpoints hold) and must fit the model
-exactly: a missing, unexpected or differently shaped tensor is an error
-(``--allow-partial-load`` evaluates anyway, on purpose). For the authors'
+Checkpoints are loaded by ``xcit_mm.weights.load_trained`` (torch's
+weights-only loader; xcit_mm allows the few globals that mmengine's own
+checkpoints hold) and must fit the model exactly: a missing, unexpected or
+differently shaped tensor is an error (``--allow-partial-load`` evaluates
+anyway, on purpose). ``--amp`` runs mmengine's TestLoop with ``fp16=True``. For the authors'
 mmdet 2.x / mmseg 0.x releases, convert first with
 tools/model_converters/xcit2mm.py.
 """
@@ -20,9 +21,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from launch_utils import (autocast_test_step, check_dataset_paths,  # noqa: E402,E501
-                          exit_cpu_distributed, init_cpu_distributed,
-                          load_config, set_work_dir)
+from launch_utils import (check_dataset_paths, exit_cpu_distributed,  # noqa: E402,E501
+                          init_cpu_distributed, load_config, set_work_dir)
 
 
 def parse_args(argv=None):
@@ -108,6 +108,12 @@ def enable_tta(cfg, config_path):
 
 
 def set_output(cfg, out):
+    det = cfg.default_scope == 'mmdet'
+    if osp.isdir(out) if det else osp.isfile(out):
+        sys.exit(f'error: --out {out} is an existing '
+                 f'{"directory" if det else "file"}; mmdet dumps predictions '
+                 'to a .pkl file, mmseg saves label maps into a directory: '
+                 'give another path.')
     if cfg.default_scope == 'mmdet':
         if not out.endswith(('.pkl', '.pickle')):
             sys.exit('error: --out must be a .pkl/.pickle file for mmdet.')
@@ -120,84 +126,40 @@ def set_output(cfg, out):
         cfg.test_evaluator['keep_results'] = True
 
 
-def _groups(keys, limit: int = 6) -> str:
-    """``'backbone.layer1.* (30), neck.fpn_convs.* (8), ...'``: keys grouped
-    by their first two parts, the largest groups first."""
-    from collections import Counter
-    groups = Counter('.'.join(k.split('.')[:2]) for k in keys)
-    parts = [f'{g}.* ({n})' if n > 1 else g
-             for g, n in groups.most_common(limit)]
-    if len(groups) > limit:
-        parts.append(f'... {len(groups) - limit} more groups')
-    return ', '.join(parts)
-
-
-def fit_problems(model, state_dict) -> list:
-    """How ``state_dict`` does not fit ``model``: its missing, unexpected and
-    differently shaped tensors, each kind summarised on one line (the same
-    on every rank, unlike mmengine's message, which rank 0 alone raises)."""
-    own = model.state_dict()
-    missing = [k for k in own
-               if k not in state_dict and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [(k, tuple(v.shape), tuple(own[k].shape))
-              for k, v in state_dict.items()
-              if k in own and hasattr(v, 'shape') and
-              tuple(v.shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(
-            f'{len(missing)} tensors of the model are not in the checkpoint: '
-            f'{_groups(missing)} (e.g. {missing[0]})')
-    if unexpected:
-        problems.append(
-            f'{len(unexpected)} tensors of the checkpoint are not in the '
-            f'model: {_groups(unexpected)} (e.g. {unexpected[0]})')
-    if shapes:
-        shown = '; '.join(f'{k}: {c} in the checkpoint, {m} in the model'
-                          for k, c, m in shapes[:3])
-        more = f'; ... {len(shapes) - 3} more' if len(shapes) > 3 else ''
-        problems.append(
-            f'{len(shapes)} tensors have another shape '
-            f'({_groups(k for k, _, _ in shapes)}): {shown}{more}')
-    return problems
-
-
-def load_weights(runner, checkpoint: str, strict: bool):
-    """Loads ``checkpoint`` into the runner's model; strictly, unless asked
-    otherwise: a checkpoint of another model is an error naming what does
-    not fit, not an evaluation of random weights."""
-    from mmengine.runner.checkpoint import load_state_dict
-
-    from xcit_mm.weights import CheckpointError, read_checkpoint
-    model = runner.model
-    while hasattr(model, 'module'):  # DDP and TTA wrappers
-        model = model.module
+def load_weights(runner, checkpoint: str, strict: bool) -> None:
+    """Loads ``checkpoint`` into the runner's model with
+    :func:`xcit_mm.weights.load_trained`: strictly unless asked otherwise,
+    so a checkpoint of another model is an error naming what does not fit,
+    not an evaluation of random weights."""
+    from xcit_mm.weights import CheckpointError, load_trained
+    target = f'the model of {runner.cfg.filename}'
     try:
-        ckpt = read_checkpoint(checkpoint)
+        problems = load_trained(runner.model, checkpoint, strict, target=target)
     except CheckpointError as err:
-        sys.exit(f'error: {err}')
-    state_dict = ckpt.get('state_dict', ckpt)
-    state_dict = {(k[len('module.'):] if k.startswith('module.') else k): v
-                  for k, v in state_dict.items()}
-    problems = fit_problems(model, state_dict)
-    if problems:
-        where = f'{checkpoint} does not fit the model of {runner.cfg.filename}'
-        listed = ''.join(f'\n- {p}' for p in problems)
-        if strict:
-            sys.exit(
-                f'error: {where}:{listed}\nUse a checkpoint trained with this '
-                'config (convert the authors\' models with '
-                'tools/model_converters/xcit2mm.py), or pass '
-                '--allow-partial-load to evaluate anyway.')
-        if os.environ.get('RANK', '0') == '0':
-            print(f'warning: {where} (--allow-partial-load: evaluating '
-                  f'anyway; what does not fit stays as initialised):{listed}',
-                  file=sys.stderr)
-    load_state_dict(model, state_dict, strict=False, logger='current')
-    meta = ckpt.get('meta') or {}
-    if meta.get('dataset_meta') and hasattr(model, 'dataset_meta'):
-        model.dataset_meta = meta['dataset_meta']
+        hint = ', or pass --allow-partial-load to evaluate anyway' \
+            if 'does not fit' in str(err) else ''
+        sys.exit(f'error: {err}'.rstrip('.') + hint + '.')
+    if problems and os.environ.get('RANK', '0') == '0':
+        print(f'warning: {checkpoint} does not fit {target} '
+              '(--allow-partial-load: evaluating anyway; what does not fit '
+              'stays as initialised):' + ''.join(f'\n- {p}' for p in problems),
+              file=sys.stderr)
+
+
+def set_precision(cfg) -> str:
+    """``--amp``: mmengine's TestLoop in mixed precision (``fp16=True``:
+    fp16 on a GPU, bfloat16 on a CPU with native bfloat16, mmcv's NMS and
+    RoIAlign then in float32). Returns what it chose, for the log."""
+    import torch
+
+    from xcit_mm.engine import cpu_supports_bf16, fp32_mmcv_ops_on_cpu
+    if not torch.cuda.is_available():
+        if not cpu_supports_bf16():
+            return 'fp32 (this CPU has no native bfloat16)'
+        fp32_mmcv_ops_on_cpu()
+    cfg.test_cfg = dict(cfg.get('test_cfg') or dict(type='TestLoop'), fp16=True)
+    return 'torch.float16 autocast' if torch.cuda.is_available() else \
+        'torch.bfloat16 autocast'
 
 
 def main(argv=None):
@@ -221,6 +183,7 @@ def main(argv=None):
         enable_tta(cfg, args.config)
     if args.out:
         set_output(cfg, args.out)
+    precision = set_precision(cfg) if args.amp else None
 
     cpu_distributed = init_cpu_distributed(args.launcher, cfg)
     if 'runner_type' in cfg:
@@ -229,9 +192,8 @@ def main(argv=None):
     else:
         runner = Runner.from_cfg(cfg)
     load_weights(runner, args.checkpoint, strict=not args.allow_partial_load)
-    if args.amp:
-        print_log(f'mixed precision: {autocast_test_step(runner.model)}',
-                  logger='current')
+    if precision:
+        print_log(f'mixed precision: {precision}', logger='current')
     runner.test()
     return cpu_distributed
 
