@@ -21,8 +21,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from launch_utils import (check_dataset_paths, exit_cpu_distributed,  # noqa: E402,E501
-                          init_cpu_distributed, load_config, set_work_dir)
+from launch_utils import (autocast_test_step, check_dataset_paths,  # noqa: E402,E501
+                          exit_cpu_distributed, init_cpu_distributed,
+                          load_config, set_work_dir)
 
 
 def parse_args(argv=None):
@@ -146,22 +147,6 @@ def load_weights(runner, checkpoint: str, strict: bool) -> None:
               file=sys.stderr)
 
 
-def set_precision(cfg) -> str:
-    """``--amp``: mmengine's TestLoop in mixed precision (``fp16=True``:
-    fp16 on a GPU, bfloat16 on a CPU with native bfloat16, mmcv's NMS and
-    RoIAlign then in float32). Returns what it chose, for the log."""
-    import torch
-
-    from xcit_mm.engine import cpu_supports_bf16, fp32_mmcv_ops_on_cpu
-    if not torch.cuda.is_available():
-        if not cpu_supports_bf16():
-            return 'fp32 (this CPU has no native bfloat16)'
-        fp32_mmcv_ops_on_cpu()
-    cfg.test_cfg = dict(cfg.get('test_cfg') or dict(type='TestLoop'), fp16=True)
-    return 'torch.float16 autocast' if torch.cuda.is_available() else \
-        'torch.bfloat16 autocast'
-
-
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.logging import print_log
@@ -183,7 +168,6 @@ def main(argv=None):
         enable_tta(cfg, args.config)
     if args.out:
         set_output(cfg, args.out)
-    precision = set_precision(cfg) if args.amp else None
 
     cpu_distributed = init_cpu_distributed(args.launcher, cfg)
     if 'runner_type' in cfg:
@@ -192,8 +176,9 @@ def main(argv=None):
     else:
         runner = Runner.from_cfg(cfg)
     load_weights(runner, args.checkpoint, strict=not args.allow_partial_load)
-    if precision:
-        print_log(f'mixed precision: {precision}', logger='current')
+    if args.amp:  # TestLoop(fp16=True) would hand bf16 boxes to the metrics
+        print_log(f'mixed precision: {autocast_test_step(runner.model)}',
+                  logger='current')
     runner.test()
     return cpu_distributed
 
