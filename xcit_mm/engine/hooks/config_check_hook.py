@@ -13,14 +13,14 @@ __all__ = ['XCiTConfigCheckHook', 'check_model_config']
 
 
 def _ints(value) -> Optional[List[int]]:
-    """An int or a sequence of ints as a list, else ``None``."""
+    """An int or ints as a list, else ``None``."""
     values = list(value) if isinstance(value, (list, tuple)) else [value]
     ok = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
     return values if ok else None
 
 
 def _flat(key: str, module):
-    """``(key, part)``; one per stage of a ``ModuleList`` (cascade heads)."""
+    """``(key, part)``, one per stage of a ``ModuleList`` (cascades)."""
     if isinstance(module, nn.ModuleList):
         for i, sub in enumerate(module):
             yield f'{key}[{i}]', sub
@@ -76,9 +76,17 @@ def _channel_problem(key: str, part, feats: List[int], text: str):
             f'{index} but {text} {feats}: set {key}.{attr}={expected}.')
 
 
-def model_config_problems(model, classes: Optional[Sequence[str]] = None,
-                          source: str = 'the dataset') -> List[str]:
-    """What :func:`check_model_config` reports, one line each."""
+def check_model_config(model, classes: Optional[Sequence[str]] = None,
+                       source: str = 'the dataset') -> None:
+    """Checks a built mmdet / mmseg model (DDP-wrapped or not) by its parts'
+    attributes: every ``num_classes`` against ``len(classes)`` (parts with
+    one class are class-agnostic, e.g. mmdet's RPN), and for an XCiT
+    backbone the channels: the neck's ``in_channels``, then each part that
+    reads the neck's maps (:func:`_channel_problem`).
+
+    Raises:
+        ValueError: every mismatch, naming both sides and the key to change.
+    """
     from ...models import XCiT
     model = model.module if is_model_wrapper(model) else model
     problems = []
@@ -87,56 +95,32 @@ def model_config_problems(model, classes: Optional[Sequence[str]] = None,
             f"metainfo['classes'] of {source} is the string {classes!r}, not "
             f'a tuple of class names: write ({classes!r},) for one class.')
     elif classes is not None:
-        shown = ', '.join(repr(c) for c in list(classes)[:5])
-        shown += ', ...' if len(classes) > 5 else ''
+        shown = ', '.join(map(repr, list(classes)[:5])) + (
+            ', ...' if len(classes) > 5 else '')
         for name, part in model.named_modules():
-            num = getattr(part, 'num_classes', None)
-            key = 'model.' + re.sub(r'\.(\d+)(?=\.|$)', r'[\1]', name)
+            num, key = getattr(part, 'num_classes', None), 'model.' + re.sub(
+                r'\.(\d+)(?=\.|$)', r'[\1]', name)
             if name and _ints(num) == [num] and num not in (1, len(classes)):
                 problems.append(
-                    f'{key}.num_classes={num} but {source} has {len(classes)}'
-                    f' classes ({shown}): set {key}.num_classes='
-                    f'{len(classes)} in the config, or give the dataset the '
-                    "right metainfo['classes'].")
-    backbone = getattr(model, 'backbone', None)
-    if not isinstance(backbone, XCiT):
-        return problems
-    feats = [backbone.embed_dims] * len(backbone.out_indices)
-    text = f'model.backbone (XCiT, embed_dims={backbone.embed_dims}) emits'
-    neck = getattr(model, 'neck', None)
-    if isinstance(neck, nn.Sequential):
-        neck = neck[0] if len(neck) else None
-    if neck is not None:
-        problems.append(_channel_problem('model.neck', neck, feats, text))
-        width, num = (getattr(neck, 'out_channels', None),
-                      getattr(neck, 'num_outs', None))
-        if _ints(width) != [width] or _ints(num) != [num]:
-            return [p for p in problems if p]
-        feats = [width] * num
-        text = f'model.neck ({num} maps of {width} channels) emits'
-    problems += [_channel_problem(key, part, feats, text)
-                 for key, part in _consumers(model)]
-    return [p for p in problems if p]
-
-
-def check_model_config(model, classes: Optional[Sequence[str]] = None,
-                       source: str = 'the dataset') -> None:
-    """Checks a built mmdet detector or mmseg segmentor (DDP-wrapped or
-    not) against its data and its own parts, by attribute:
-
-    - ``num_classes`` of every part against the number of ``classes``
-      (parts with one class are class-agnostic, e.g. mmdet's RPN; mmseg's
-      count includes background classes, as its datasets' ``classes`` do);
-    - for an XCiT backbone (maps of ``embed_dims`` channels): the neck's
-      ``in_channels``, then every part reading the neck's maps: its
-      ``in_channels`` (at its ``in_index`` and ``input_transform`` in
-      mmseg), or an RoI extractor's ``out_channels``.
-
-    Raises:
-        ValueError: every mismatch, naming both sides and the config key to
-            change.
-    """
-    problems = model_config_problems(model, classes, source)
+                    f'{key}.num_classes={num} but {source} has {len(classes)} '
+                    f'classes ({shown}): set {key}.num_classes={len(classes)} '
+                    "in the config, or give the dataset the right "
+                    "metainfo['classes'].")
+    backbone, neck = getattr(model, 'backbone', None), getattr(model, 'neck', None)
+    if isinstance(backbone, XCiT):
+        feats = [backbone.embed_dims] * len(backbone.out_indices)
+        text = f'model.backbone (XCiT, embed_dims={backbone.embed_dims}) emits'
+        if isinstance(neck, nn.Sequential):
+            neck = neck[0] if len(neck) else None
+        width, num = getattr(neck, 'out_channels', 0), getattr(neck, 'num_outs', 0)
+        parts = list(_consumers(model))
+        if neck is not None:
+            problems.append(_channel_problem('model.neck', neck, feats, text))
+            feats, text = [width] * num, \
+                f'model.neck ({num} maps of {width} channels) emits'
+            parts = parts if _ints([width, num]) and num else []
+        problems += [_channel_problem(k, p, feats, text) for k, p in parts]
+    problems = [p for p in problems if p]
     if problems:
         raise ValueError('The model does not fit the data or itself:\n- ' +
                          '\n- '.join(problems))
@@ -144,10 +128,9 @@ def check_model_config(model, classes: Optional[Sequence[str]] = None,
 
 @HOOKS.register_module()
 class XCiTConfigCheckHook(Hook):
-    """Runs :func:`check_model_config` once per dataloader when a loop
-    starts: ``before_train`` checks the train and (if any) validation data,
-    ``before_val``/``before_test`` theirs. Only the loops' own dataloaders
-    are read, so a test run builds no training data."""
+    """:func:`check_model_config` once per dataloader as each loop starts
+    (training: also the validation data); only the running loops' data are
+    read, so a test run builds no training data."""
 
     priority = 'VERY_HIGH'
 
