@@ -303,11 +303,14 @@ def dist_timeout(cfg) -> float:
 
 
 def timeout_message(cfg) -> str:
-    """What a rank says when a collective timed out."""
-    return (f'no answer from another rank within {dist_timeout(cfg):.0f} s '
-            '(env_cfg.dist_cfg.timeout): a rank stopped, froze or died; the '
-            'launcher output says which. Raise the timeout with --cfg-options '
-            'env_cfg.dist_cfg.timeout=SECONDS if a step is that slow.')
+    """What a rank says when a collective timed out (gloo does not say
+    which peer it waited for: the others are named)."""
+    rank, size = dist.get_rank(), dist.get_world_size()
+    others = ', '.join(str(r) for r in range(size) if r != rank)
+    return (f'rank {rank}: no answer from rank {others} within '
+            f'{dist_timeout(cfg):.0f} s (env_cfg.dist_cfg.timeout): a rank '
+            'stopped, froze or died. Raise the timeout with --cfg-options '
+            'env_cfg.dist_cfg.timeout=SECONDS if a step can take that long.')
 
 
 def init_cpu_distributed(launcher: str, cfg) -> bool:

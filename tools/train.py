@@ -119,7 +119,7 @@ def main(argv=None):
         raise
     except RuntimeError as err:
         if cpu_distributed and 'timed out' in str(err).lower():
-            sys.exit(f'error: rank {_rank()}: {timeout_message(cfg)}')
+            sys.exit(f'error: {timeout_message(cfg)}')
         raise
     return cpu_distributed
 

@@ -124,6 +124,7 @@ class XCiTMMToyProbeHook(Hook):
                          data_batch=None,
                          outputs=None):
         if self.sleep:
+            print(f'TOY sleeping after iter={runner.iter + 1}', flush=True)
             time.sleep(self.sleep)
 
 
@@ -254,12 +255,15 @@ def main(argv=None):
     parser.add_argument('--started-file')
     parser.add_argument(
         '--lock', action='store_true', help='add WorkDirLockHook')
+    parser.add_argument(
+        '--preempt', action='store_true', help='add PreemptionHook')
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     import xcit_mm  # noqa: F401  (as configs do: custom_imports)
     if args.kill:
         _kill_at(args.kill)
     hooks = [dict(type='WorkDirLockHook')] if args.lock else []
+    hooks += [dict(type='PreemptionHook')] if args.preempt else []
     cfg = toy_cfg(
         args.work_dir,
         max_iters=args.max_iters,
