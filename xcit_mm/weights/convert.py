@@ -1,37 +1,20 @@
-"""Converting the key layouts of XCiT checkpoints to this package's.
+"""Converting the key layouts of XCiT checkpoints to this package's, told
+apart by their keys: ``authors`` (ImageNet: ``pos_embeder.*``, fused
+``cls_attn_blocks.*.attn.qkv``), ``timm`` (``.pth`` / ``.safetensors``),
+``mmpretrain`` (``backbone.xca_layers.*``, ``ConvModule`` names),
+``authors-dense`` (their mmdet 2.x / mmseg 0.x models: ``backbone.fpn1..4``
+and the neck and heads), ``xcit_mm`` (``adapter.levels.*``), ``passl``
+(PaddlePaddle: ``_mean`` / ``_variance`` statistics, linear weights stored
+``(in, out)``, training and ``Student.`` / ``Teacher.`` distillation files)
+and ``mindcv`` (MindSpore: ``gamma`` / ``beta``, ``moving_*``; optimizer
+state dropped). MindCV's XCA does not L2-normalise q and k and its GELU is
+the tanh form (mindcv 0.3.0 ``models/xcit.py``; MindSpore's ``nn.GELU``
+defaults to ``approximate=True``), so its weights need ``qk_norm=False``
+and ``act_cfg=dict(type='GELU', approximate='tanh')``
+(:attr:`Conversion.requires`, :func:`switches_needed`).
 
-Layouts understood (told apart by their keys):
-
-- ``authors``: the authors' ImageNet checkpoints (``pos_embeder.*``,
-  ``cls_attn_blocks.*`` with a fused qkv), wrapped in ``{'model': ...}``.
-- ``timm``: timm's XCiT (``pos_embed.*``, ``cls_attn_blocks.*.attn.q``),
-  ``.pth`` or ``.safetensors``.
-- ``mmpretrain``: mmpretrain's XCiT (``backbone.xca_layers.*``,
-  ``backbone.ca_layers.*``, ``ffn.layers.*``, ``ConvModule`` names).
-- ``authors-dense``: the authors' COCO / ADE20k models (mmdet 2.x /
-  mmseg 0.x): ``backbone.*`` in the ImageNet layout plus
-  ``backbone.fpn1..fpn4`` and the neck and heads.
-- ``xcit_mm``: this package's own (``adapter.levels.*``), bare or under
-  ``backbone.`` in a detector or segmentor checkpoint.
-- ``passl``: PaddlePaddle PASSL's (``.pdparams``): ``backbone.*`` and
-  ``head.*``, batch-norm statistics as ``_mean`` / ``_variance``, linear
-  weights stored ``(in, out)``; training checkpoints (``state_dict`` beside
-  the optimizer) and distillation checkpoints (``Student.`` / ``Teacher.``:
-  the student is taken unless ``prefix`` says otherwise).
-- ``mindcv``: MindSpore MindCV's (``.ckpt``): bare keys, norms as
-  ``gamma`` / ``beta``, batch-norm statistics as ``moving_mean`` /
-  ``moving_variance``; optimizer state (``adam_m.*``, ...) is dropped.
-  MindCV's XCA does not L2-normalise q and k and its GELU is the tanh
-  approximation (``mindcv/models/xcit.py`` 0.3.0: XCA lines 295-315, and
-  MindSpore's ``nn.GELU`` defaults to ``approximate=True``), so these
-  weights need the backbone built with ``qk_norm=False`` and
-  ``act_cfg=dict(type='GELU', approximate='tanh')``
-  (:attr:`Conversion.requires`).
-
-:func:`convert_checkpoint` (and the two it chooses from,
-:func:`convert_backbone_state_dict` and :func:`convert_model_state_dict`) are
-pure functions; ``XCiT.init_weights`` and ``tools/model_converters`` both
-call them.
+The converters are pure functions that ``XCiT.init_weights`` and
+``tools/model_converters`` both call.
 """
 import re
 from collections import OrderedDict

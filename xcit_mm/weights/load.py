@@ -68,21 +68,11 @@ def load_pretrained(model: torch.nn.Module,
                     prefix: Optional[str] = None,
                     logger: Optional[logging.Logger] = None,
                     map_location='cpu') -> Conversion:
-    """Loads XCiT weights of any supported layout into ``model`` (an
-    ``XCiT`` backbone) and reports what loaded, what was dropped and what
-    is missing.
-
-    Every tensor of the patch embedding, the positional encoding and the
-    blocks must load; only the adapter may stay as initialised (ImageNet
-    weights have none).
-
-    Args:
-        model: The backbone.
-        checkpoint (str | dict): A path, a URL, or a loaded checkpoint.
-        prefix (str, optional): See
-            :func:`~xcit_mm.weights.convert_backbone_state_dict`.
-        logger: Where to report. Defaults to the module logger.
-        map_location: Passed to the reader. Defaults to ``'cpu'``.
+    """Loads XCiT weights of any layout (a path, URL or loaded dict) into
+    an ``XCiT`` backbone and logs what loaded, was dropped and is missing.
+    Every tensor of the patch embedding, positional encoding and blocks must
+    load; only the adapter may stay as initialised (ImageNet weights have
+    none). ``prefix``: see :func:`convert_backbone_state_dict`.
 
     Raises:
         CheckpointError: unreadable, not XCiT, another arch or patch size,

@@ -212,3 +212,33 @@ def test_config_check_hook_single_class_string(tmp_path):
             model=dict(num_classes=1),
             classes='circle',
             custom_hooks=[dict(type='XCiTConfigCheckHook')])
+
+
+def test_cascade_stages_and_roi_extractors_by_attribute(mask_rcnn):
+    """The walk goes by attributes, not head names: each stage of a cascade
+    (a ModuleList) and each RoI extractor is checked and named."""
+    cfg = mask_rcnn.copy()
+    cfg.type = 'CascadeRCNN'
+    roi = cfg.roi_head.copy()
+    roi.type = 'CascadeRoIHead'
+    roi.num_stages = 2
+    roi.stage_loss_weights = [1, 0.5]
+    stage = dict(roi.bbox_head)
+    roi.bbox_head = [stage, dict(stage, num_classes=4)]
+    roi.mask_roi_extractor = dict(roi.mask_roi_extractor, out_channels=8)
+    roi.mask_head = dict(roi.mask_head, in_channels=8)
+    cfg.roi_head = roi
+    cfg.train_cfg = None
+    with pytest.raises(ValueError) as err:
+        check_model_config(_build('mmdet', cfg), CLASSES)
+    message = str(err.value)
+    assert 'model.roi_head.bbox_head[1].num_classes=4 but the dataset has 3' \
+        in message
+    assert 'bbox_head[0]' not in message
+    for i in (0, 1):  # a cascade builds one extractor and head per stage
+        assert (f'model.roi_head.mask_roi_extractor[{i}].out_channels=8 but '
+                'model.neck (5 maps of 16 channels) emits [16, 16, 16, 16, '
+                f'16]: set model.roi_head.mask_roi_extractor[{i}].out_channels'
+                '=16') in message
+        assert f'model.roi_head.mask_head[{i}].in_channels=8 but model.neck' \
+            in message

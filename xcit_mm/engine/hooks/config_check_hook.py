@@ -40,7 +40,8 @@ def _consumers(model):
                 yield key, part
             else:
                 for sub, module in part.named_children():
-                    if not type(module).__module__.startswith('torch.nn'):
+                    if isinstance(module, nn.ModuleList) or not type(
+                            module).__module__.startswith('torch.nn'):
                         yield from _flat(f'{key}.{sub}', module)
 
 
