@@ -1,12 +1,14 @@
 """FiniteLossHook: a NaN loss stops training before its checkpoint, in a
 Runner and through tools/train.py."""
 import os.path as osp
+import re
 import subprocess
 
 import pytest
 
 import xcit_mm  # noqa: F401  (registers the hooks, as configs import it)
-from tests.test_engine.test_hooks.toy import (PYTHON, REPO_ROOT, ckpt_files,
+from tests.test_engine.test_hooks.toy import (PYTHON, REPO_ROOT,
+                                              build_runner, ckpt_files,
                                               subprocess_env, toy_cfg, train)
 
 
@@ -27,6 +29,36 @@ def test_nan_loss_stops_before_its_checkpoint(tmp_path):
     assert 'before the divergence is' in message and 'iter_2.pth' in message
     assert 'iter_3.pth' not in message
     assert ckpt_files(tmp_path) == ['iter_1.pth', 'iter_2.pth', 'iter_3.pth']
+
+
+def test_infinite_grad_norm_stops_the_run(tmp_path):
+    """A finite but huge loss whose gradient norm (logged under clip_grad)
+    overflows: stopped like a NaN."""
+    cfg = toy_cfg(str(tmp_path), max_iters=8, interval=1,
+                  model=dict(scale_from=(3, 1e30)),
+                  custom_hooks=[dict(type='FiniteLossHook')])
+    cfg['optim_wrapper']['clip_grad'] = dict(max_norm=10.0)
+    with pytest.raises(FloatingPointError) as err:
+        build_runner(cfg).train()
+    message = str(err.value)
+    assert 'iteration 3: grad_norm=inf' in message
+    assert 'loss=' not in message  # the loss itself was finite
+    assert ckpt_files(tmp_path) == ['iter_1.pth', 'iter_2.pth']
+
+
+def test_recommends_a_checkpoint_from_before_the_divergence(tmp_path):
+    """The loss blows up (x1e6) from iteration 4 and turns NaN at 7: the
+    checkpoints of iterations 3 to 6 hold weights that gave blown-up
+    losses, so iter_2.pth is named."""
+    with pytest.raises(FloatingPointError) as err:
+        train(tmp_path, max_iters=10, interval=1,
+              model=dict(scale_from=(4, 1e6), nan_at=7),
+              custom_hooks=[dict(type='FiniteLossHook')])
+    message = str(err.value)
+    assert 'Non-finite loss at iteration 7' in message
+    assert 'before the divergence is' in message
+    assert re.search(r'is \S+iter_2\.pth;', message), message
+    assert ckpt_files(tmp_path)[-1] == 'iter_6.pth'
 
 
 def test_nan_loss_exits_tools_train_nonzero(tmp_path):

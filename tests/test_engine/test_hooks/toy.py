@@ -60,11 +60,13 @@ class _Head(nn.Module):
 @MODELS.register_module(force=True)
 class XCiTMMToyModel(BaseModel):
     """A linear regressor; its loss turns NaN at iteration ``nan_at``
-    (1-based, as in the logs and ``iter_N.pth``). With ``num_classes`` it
+    (1-based, as in the logs and ``iter_N.pth``) and is multiplied by
+    ``factor`` from iteration ``i`` on with ``scale_from=(i, factor)``. With ``num_classes`` it
     carries an mmseg-style ``decode_head`` with that ``num_classes``."""
 
     def __init__(self,
                  nan_at=None,
+                 scale_from=None,
                  num_classes=None,
                  data_preprocessor=None,
                  init_cfg=None):
@@ -72,6 +74,7 @@ class XCiTMMToyModel(BaseModel):
             data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.linear = nn.Linear(2, 1)
         self.nan_at = nan_at
+        self.scale_from = scale_from  # (iteration, factor): a blow-up
         if num_classes is not None:
             self.decode_head = _Head(num_classes)
 
@@ -82,6 +85,8 @@ class XCiTMMToyModel(BaseModel):
             iteration = MessageHub.get_current_instance().get_info('iter') + 1
             if iteration == self.nan_at:
                 loss_main = loss_main * float('nan')
+            if self.scale_from and iteration >= self.scale_from[0]:
+                loss_main = loss_main * self.scale_from[1]
             return dict(loss_main=loss_main, loss_aux=0.1 * pred.abs().mean())
         if mode == 'predict':
             return [dict(err=(pred - targets).abs().mean())]
