@@ -75,7 +75,9 @@ def _decode(priors: Tensor, deltas: Tensor, coder, max_xy: Tensor) -> Tensor:
 def _batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor,
                  iou_threshold: float) -> Tensor:
     """mmcv's ``batched_nms`` (coordinate-offset trick); returns kept indices."""
-    offsets = groups.to(boxes) * (boxes.max() + 1)
+    # 0 joins the max so that no candidate at all is no error
+    top = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max()
+    offsets = groups.to(boxes) * (top + 1)
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
