@@ -89,6 +89,38 @@ def name_label_maps(images, pred_dir: str):
             os.replace(src, osp.join(pred_dir, name + '.png'))
 
 
+def run_inferencer(cfg, args, images, device: str):
+    """mmdet's DetInferencer or mmseg's MMSegInferencer on ``images``, its
+    model loaded strictly from ``args.checkpoint`` (as tools/test.py does:
+    one that does not fit the config's model is refused)."""
+    from xcit_mm.weights import CheckpointError, load_trained
+    if cfg.default_scope == 'mmdet':
+        from mmdet.apis import DetInferencer
+        inferencer = DetInferencer(
+            model=cfg, weights=args.checkpoint, device=device,
+            scope='mmdet', show_progress=False)
+        options = dict(pred_score_thr=args.score_thr, no_save_pred=False)
+    else:
+        from mmseg.apis import MMSegInferencer
+        inferencer = MMSegInferencer(
+            model=cfg, weights=args.checkpoint, device=device,
+            scope='mmseg')
+        options = dict(show=False)
+    meta = inferencer.model.dataset_meta  # as the inferencer shows it
+    try:
+        load_trained(inferencer.model, args.checkpoint, strict=True,
+                     target=f'the model of {args.config}')
+    except CheckpointError as err:
+        sys.exit(f'error: {err}')
+    inferencer.model.dataset_meta = meta
+    if args.amp:
+        autocast_test_step(inferencer.model)
+    inferencer(images, out_dir=args.out, batch_size=args.batch_size,
+               **options)
+    if cfg.default_scope != 'mmdet':
+        name_label_maps(images, osp.join(args.out, 'pred'))
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -99,8 +131,13 @@ def main(argv=None):
         cfg = load_config(args.config)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
-    if not osp.isfile(args.checkpoint):
-        sys.exit(f'error: checkpoint not found: {args.checkpoint!r}')
+    from xcit_mm.weights import (CheckpointError, read_checkpoint,
+                                 register_safe_globals)
+    try:  # missing, empty, text or corrupt: named, before anything runs
+        read_checkpoint(args.checkpoint)
+    except CheckpointError as err:
+        sys.exit(f'error: {err}')
+    register_safe_globals()  # for the inferencer's own torch.load
     images, skipped = [], []
     for path in list_images(args.inputs):
         reason = check_image(path)
@@ -113,26 +150,7 @@ def main(argv=None):
         sys.exit('error: no usable image')
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     os.makedirs(args.out, exist_ok=True)
-
-    if cfg.default_scope == 'mmdet':
-        from mmdet.apis import DetInferencer
-        inferencer = DetInferencer(
-            model=cfg, weights=args.checkpoint, device=device,
-            scope='mmdet', show_progress=False)
-        if args.amp:
-            autocast_test_step(inferencer.model)
-        inferencer(images, out_dir=args.out, batch_size=args.batch_size,
-                   pred_score_thr=args.score_thr, no_save_pred=False)
-    else:
-        from mmseg.apis import MMSegInferencer
-        inferencer = MMSegInferencer(
-            model=cfg, weights=args.checkpoint, device=device,
-            scope='mmseg')
-        if args.amp:
-            autocast_test_step(inferencer.model)
-        inferencer(images, out_dir=args.out, batch_size=args.batch_size,
-                   show=False)
-        name_label_maps(images, osp.join(args.out, 'pred'))
+    run_inferencer(cfg, args, images, device)
     written = sorted(os.listdir(osp.join(args.out, 'vis')))
     print(f'wrote {len(written)} overlays to {osp.join(args.out, "vis")}')
     return 1 if skipped else 0

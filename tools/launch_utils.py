@@ -59,7 +59,7 @@ def _syntax_error(path: str, child: Optional[str] = None) -> Optional[str]:
             except ValueError:
                 break
             for base in [bases] if isinstance(bases, str) else bases:
-                base = osp.join(osp.dirname(path), base)
+                base = osp.normpath(osp.join(osp.dirname(path), base))
                 if '::' not in base and osp.isfile(base):
                     found = _syntax_error(base, path)
                     if found:

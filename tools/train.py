@@ -10,6 +10,7 @@ import argparse
 import os
 import os.path as osp
 import sys
+import zipfile
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -59,7 +60,8 @@ def main(argv=None):
 
     from xcit_mm.engine.hooks import (ResumeError, TrainingInterrupted,
                                       WorkDirLockedError, lock_work_dir)
-    from xcit_mm.engine.hooks.checkpoint_hook import checkpoint_problem
+    from xcit_mm.fileio import checkpoint_problem
+    from xcit_mm.weights import CheckpointError, read_checkpoint
 
     try:
         cfg = load_config(args.config, args.cfg_options)
@@ -83,11 +85,15 @@ def main(argv=None):
         cfg.load_from = None
     elif args.resume is not None:
         problem = checkpoint_problem(args.resume)
+        if problem is None and not zipfile.is_zipfile(args.resume):
+            try:  # a legacy file, or no checkpoint at all
+                read_checkpoint(args.resume)
+            except CheckpointError as err:
+                problem = str(err)
         if problem:
-            sys.exit(f'error: --resume {args.resume}: the checkpoint is '
-                     f'{problem}. Name an intact one, or give --resume '
-                     'without a file to take the newest intact checkpoint '
-                     'of the work dir.')
+            sys.exit(f'error: --resume {args.resume}: {problem.rstrip(".")}. Name an '
+                     'intact checkpoint, or give --resume without a file to '
+                     'take the newest intact one of the work dir.')
         cfg.resume = True
         cfg.load_from = args.resume
 

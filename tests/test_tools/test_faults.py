@@ -215,3 +215,65 @@ def test_unknown_config_name_suggests_the_real_ones():
         in res.out
     assert 'mask_rcnn_xcit_s12_p8.py' in res.out
     _no_traceback(res)
+
+
+@pytest.mark.parametrize('kind', ['empty', 'text', 'truncated'])
+def test_resume_from_a_broken_file_is_named(coco_config, kind, tmp_path):
+    bad = tmp_path / f'{kind}.pth'
+    if kind == 'text':
+        bad.write_text('this is not a checkpoint\n')
+    elif kind == 'truncated':  # a zip cut short, as a killed copy leaves it
+        import io
+        buffer = io.BytesIO()
+        torch.save({'state_dict': {'w': torch.zeros(1000)}}, buffer)
+        bad.write_bytes(buffer.getvalue()[:2000])
+    else:
+        bad.write_bytes(b'')
+    work = tmp_path / 'work'
+    res = run_tool(['tools/train.py', coco_config, '--work-dir', work,
+                    '--resume', bad], check=False)
+    assert res.code != 0
+    assert f'error: --resume {bad}: ' in res.out
+    assert 'Name an intact checkpoint, or give --resume without a file' \
+        in res.out
+    _no_traceback(res)
+    assert not work.exists()  # nothing started
+
+
+def test_config_syntax_error_names_the_file_and_its_child(tmp_path):
+    base = tmp_path / 'base.py'
+    base.write_text("_base_ = 'mmdet::_base_/default_runtime.py'\n"
+                    'model = dict(type=\n')
+    child = tmp_path / 'child.py'
+    child.write_text("_base_ = './base.py'\nx = 1\n")
+    res = run_tool(['tools/train.py', child], check=False)
+    assert res.code != 0
+    assert f'error: {base} (a _base_ of {child}), line 2:' in res.out
+    _no_traceback(res)
+
+
+def test_infer_refuses_a_checkpoint_of_another_model(
+        coco_config, foreign_checkpoints, tmp_path):
+    """A segmentor's checkpoint into the detector's config: refused with
+    what does not fit, no overlays."""
+    image = tmp_path / 'image.png'
+    Image.new('RGB', (64, 64), (30, 90, 200)).save(image)
+    ckpt = foreign_checkpoints['ade']
+    res = run_tool(['tools/infer.py', coco_config, ckpt, image, '--out',
+                    tmp_path / 'out'], check=False)
+    assert res.code != 0
+    assert f'error: {ckpt} does not fit the model of {coco_config}' in res.out
+    assert re.search(r'tensors of the checkpoint are not in the model: '
+                     r'.*decode_head', res.out)
+    assert not (tmp_path / 'out' / 'vis').exists()
+    _no_traceback(res)
+
+
+def test_infer_names_an_unreadable_checkpoint(coco_config, tmp_path):
+    bad = tmp_path / 'model.pth'
+    bad.write_text('this is not a checkpoint\n')
+    res = run_tool(['tools/infer.py', coco_config, bad, tmp_path, '--out',
+                    tmp_path / 'out'], check=False)
+    assert res.code != 0
+    assert f"error: Cannot read '{bad}'" in res.out
+    _no_traceback(res)
