@@ -48,7 +48,30 @@ def gmacs(stdout, part):
 # ---------------------------------------------------------------- benchmark
 
 
-def check_results(rows, stdout, cases, sizes):
+def check_machine(machine, stdout, dtype, threads='2', env=None):
+    """The header names the CPU, both ISAs, threads, dtype and torch, as
+    this process sees them (under ``env``'s ISA limits)."""
+    assert stdout.startswith('measured on: ') or '\nmeasured on: ' in stdout
+    with open('/proc/cpuinfo') as f:
+        cpuinfo = f.read()
+    name = re.search(r'^model name\s*:\s*(.+)$', cpuinfo, re.M).group(1)
+    family = re.search(r'^cpu family\s*:\s*(\d+)', cpuinfo, re.M).group(1)
+    assert machine['cpu'] == name.strip()
+    assert machine['cpu family / model'].startswith(family + ' / ')
+    aten = subprocess.run(
+        [sys.executable, '-c', 'import torch; '
+         'print(torch.backends.cpu.get_cpu_capability())'],
+        capture_output=True, text=True, env=env).stdout.strip()
+    assert machine['ATen ISA'].split(' (')[0] == aten
+    assert machine['oneDNN ISA'] != 'unknown'
+    assert machine['threads'] == threads and machine['dtype'] == dtype
+    assert machine['torch'].startswith(torch.__version__ + ' (MKL ')
+    for key, value in machine.items():
+        assert f'{key}: {value}' in stdout
+
+
+def check_results(data, stdout, cases, sizes):
+    rows = data['results']
     assert {(r['size'], r['case']) for r in rows} == {
         (s, c) for s in sizes for c in cases}
     table = table_rows(stdout)
@@ -70,6 +93,7 @@ def test_benchmark_backbone(mode, sizes, tmp_path):
                       'timm', 'trunk', 'aten', 'unfused', 'cp', '--mode',
                       mode, *QUICK, '--json', out)
     assert f'mode {mode}' in stdout
+    check_machine(json.loads(out.read_text())['machine'], stdout, 'fp32')
     check_results(json.loads(out.read_text()), stdout,
                   ['ours', 'timm', 'ours-trunk', 'ours-aten', 'ours-unfused',
                    'ours-cp'], sizes)
@@ -105,7 +129,32 @@ def test_benchmark_models(configs, dtypes, tmp_path):
                       '--json', out)
     cases = [f'{osp.splitext(osp.basename(c))[0]} [{d}]'
              for c in configs for d in dtypes]
+    check_machine(json.loads(out.read_text())['machine'], stdout,
+                  ' '.join(dtypes))
     check_results(json.loads(out.read_text()), stdout, cases, ['64x64'])
+
+
+@pytest.mark.skipif(not osp.exists('/proc/cpuinfo'), reason='Linux only')
+def test_benchmark_header_follows_isa_limits(tmp_path):
+    """Under ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA the header names the
+    ISAs the libraries then used, and the variables."""
+    import os
+    out = tmp_path / 'bench.json'
+    env = dict(os.environ, ATEN_CPU_CAPABILITY='default',
+               ONEDNN_MAX_CPU_ISA='SSE41')
+    cmd = [sys.executable, osp.join(REPO, 'tools', 'analysis',
+                                    'benchmark.py'), 'backbone', '--arch',
+           'nano-12', '--patch-size', '16', '--sizes', '32', '--compare',
+           *QUICK, '--threads', '1', '--json', str(out)]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    machine = json.loads(out.read_text())['machine']
+    check_machine(machine, run.stdout, 'fp32', threads='1', env=env)
+    assert machine['ATen ISA'] == 'DEFAULT (ATEN_CPU_CAPABILITY=default)'
+    if torch.backends.mkldnn.is_available():
+        assert machine['oneDNN ISA'].endswith('(ONEDNN_MAX_CPU_ISA=SSE41)')
+        assert 'AVX' not in machine['oneDNN ISA']
 
 
 # ---------------------------------------------------------------- get_flops

@@ -33,9 +33,12 @@ import contextlib
 import json
 import os
 import os.path as osp
+import platform
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 from typing import Callable, Dict, List
 
 import torch
@@ -200,6 +203,78 @@ def _measure_own_memory(step: Callable) -> float:
     return (_status_kb('VmHWM') - before) / 1024
 
 
+def _cpu_info() -> Dict[str, str]:
+    """The first processor's ``model name``, ``cpu family``, ``model`` and
+    ``flags`` from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    info = dict(model_name=platform.processor() or platform.machine())
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = (p.strip() for p in line.partition(':'))
+                if not key:
+                    break
+                info[key.replace(' ', '_')] = value
+    except OSError:
+        pass
+    return info
+
+
+def _onednn_isa() -> str:
+    """The ISA oneDNN dispatches to, from its verbose lines on one tiny
+    product (printed on file descriptor 1, so read back from there)."""
+    with tempfile.TemporaryFile('w+') as tmp:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(tmp.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(
+                    torch.backends.mkldnn.VERBOSE_ON), torch.no_grad():
+                torch.ops.mkldnn._linear_pointwise(
+                    torch.randn(4, 8), torch.randn(8, 8), None, 'none', [],
+                    '')
+        except (AttributeError, RuntimeError):  # no oneDNN in this build
+            pass
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        tmp.seek(0)
+        found = re.search(r'isa:([^,\n]+)', tmp.read())
+    return found.group(1).strip() if found else 'unknown'
+
+
+def machine_header(dtype: str) -> Dict[str, str]:
+    """What every figure was measured on (printed above the tables)."""
+    from xcit_mm.models.linear import onednn_chosen
+    cpu = _cpu_info()
+    config = torch.__config__.show()
+    versions = dict(re.findall(
+        r'(Math Kernel Library|MKL-DNN)\S*\s+(?:Version\s+)?v?([\d.]+)',
+        config))
+    return {
+        'cpu': cpu.get('model_name', 'unknown'),
+        'cpu family / model': f"{cpu.get('cpu_family', '?')} / "
+                              f"{cpu.get('model', '?')}",
+        'cores': str(os.cpu_count()),
+        'AVX-512 / AVX512-BF16 / AMX flags': ' / '.join(
+            'yes' if f in cpu.get('flags', '').split() else 'no'
+            for f in ('avx512f', 'avx512_bf16', 'amx_bf16')),
+        'ATen ISA': torch.backends.cpu.get_cpu_capability() + (
+            f" (ATEN_CPU_CAPABILITY={os.environ['ATEN_CPU_CAPABILITY']})"
+            if os.environ.get('ATEN_CPU_CAPABILITY') else ''),
+        'oneDNN ISA': _onednn_isa() + (
+            f" (ONEDNN_MAX_CPU_ISA={os.environ['ONEDNN_MAX_CPU_ISA']})"
+            if os.environ.get('ONEDNN_MAX_CPU_ISA') else ''),
+        'threads': str(torch.get_num_threads()),
+        'dtype': dtype,
+        'torch': f"{torch.__version__} (MKL "
+                 f"{versions.get('Math Kernel Library', '?')}, oneDNN "
+                 f"{versions.get('MKL-DNN', '?')})",
+        'xcit_mm float32 linear products': 'oneDNN' if onednn_chosen()
+        else 'F.linear (ATen)',
+    }
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
@@ -251,6 +326,9 @@ def main(argv=None):
         step = build(args, h, w)[args.memory_of]
         print(json.dumps(dict(peak_mb=_measure_own_memory(step))))
         return
+    header = machine_header(getattr(args, 'dtype', None)
+                            or ' '.join(args.dtype_list))
+    print('measured on: ' + '; '.join(f'{k}: {v}' for k, v in header.items()))
     results = []
     for h, w in args.sizes:
         cases = build(args, h, w)
@@ -281,7 +359,7 @@ def main(argv=None):
                   (f" {row['peak_mb']:.0f} |" if args.memory else ''))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(results, f, indent=1)
+            json.dump(dict(machine=header, results=results), f, indent=1)
     return results
 
 
