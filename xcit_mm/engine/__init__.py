@@ -2,11 +2,11 @@
 wrappers, and the hooks that keep a run safe (atomic checkpoints and resume
 fallback, a stop on non-finite losses, config checks, a work-dir lock, a
 saved stop on SIGTERM / SIGINT)."""
-from .cpu_amp import fp32_mmcv_ops_on_cpu
 from .ddp import CPUCompatibleDDP
 from .hooks import (AtomicCheckpointHook, FiniteLossHook, PreemptionHook,
                     WorkDirLockHook, XCiTConfigCheckHook, check_model_config)
-from .optim_wrapper import AutoAmpOptimWrapper, cpu_supports_bf16
+from .optim_wrapper import (AutoAmpOptimWrapper, cpu_supports_bf16,
+                            fp32_mmcv_ops_on_cpu)
 
 __all__ = [
     'CPUCompatibleDDP', 'AutoAmpOptimWrapper', 'cpu_supports_bf16',

@@ -8,8 +8,7 @@ from ..registry import MODEL_WRAPPERS
 @MODEL_WRAPPERS.register_module()
 class CPUCompatibleDDP(MMDistributedDataParallel):
     """``MMDistributedDataParallel`` that also runs on CPUs (gloo): without
-    a GPU it drops the runner's ``device_ids=[LOCAL_RANK]`` (DDP rejects it
-    for a CPU module) and turns SyncBN, which gloo cannot run, into BN."""
+    a GPU, no ``device_ids`` (DDP rejects them there) and BN for SyncBN."""
 
     def __init__(self, module, device_ids=None, **kwargs):
         if not torch.cuda.is_available():

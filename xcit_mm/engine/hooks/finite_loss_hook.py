@@ -1,5 +1,4 @@
-"""FiniteLossHook: stops training at the first NaN or infinite loss or
-gradient norm."""
+"""FiniteLossHook: stops training at a NaN or infinite loss or grad norm."""
 import math
 
 import torch
@@ -18,19 +17,13 @@ def _floats(value) -> list:
 
 @HOOKS.register_module()
 class FiniteLossHook(Hook):
-    """Raises ``FloatingPointError`` after the first iteration whose loss, a
-    loss term (keys containing ``'loss'``) or the gradient norm that the
-    optim wrapper logs under ``clip_grad`` is NaN or infinite, on any rank
-    (all ranks stop together: one small ``all_reduce`` an iteration).
-
-    Priority ``ABOVE_NORMAL``: it runs before the scheduler and checkpoint
-    hooks, so that iteration is never saved. The message names the newest
-    checkpoint saved before the run diverged: one whose weights then gave
-    (in the next iteration) a finite loss and gradient norm and a loss at
-    most ``diverge_factor`` times the lowest of the run until then. Unlike mmdet's
-    ``CheckInvalidLossHook`` it checks every iteration and every term and is
-    in mmengine's root registry (mmdet and mmseg configs alike).
-    """
+    """Raises ``FloatingPointError`` after the first iteration whose loss,
+    a loss term or the ``grad_norm`` logged under ``clip_grad`` is NaN or
+    infinite on any rank (all stop together). Priority ``ABOVE_NORMAL``:
+    before the checkpoint hook, so that iteration is never saved. It names
+    the newest checkpoint whose weights then gave a finite loss at most
+    ``diverge_factor`` times the run's lowest. Unlike mmdet's
+    ``CheckInvalidLossHook``: every iteration, every term, any scope."""
     priority = 'ABOVE_NORMAL'
 
     def __init__(self, diverge_factor: float = 100.0):
@@ -65,14 +58,11 @@ class FiniteLossHook(Hook):
         terms = ', '.join(f'{k}={v[0] if len(v) == 1 else v}'
                           for k, v in bad.items()) or 'on another rank'
         saved = (f' The newest checkpoint from before the divergence is '
-                 f'{self._good}; resume from it with --resume FILE once the '
-                 'cause is fixed.') if self._good else ''
+                 f'{self._good}; resume with --resume FILE once the cause is '
+                 'fixed.') if self._good else ''
         raise FloatingPointError(
             f'Non-finite loss at iteration {runner.iter + 1}: {terms}. '
-            f'Training is stopped before this iteration is checkpointed.'
-            f'{saved} Things to try: a lower learning rate '
-            '(optim_wrapper.optimizer.lr) or a longer warm-up '
-            '(param_scheduler); gradient clipping '
-            '(optim_wrapper.clip_grad=dict(max_norm=10.0)); checking the data '
-            '(boxes of zero size, labels outside 0..num_classes-1, NaN or '
-            'huge pixel values); without --amp if it was on.')
+            f'Training is stopped before this iteration is saved.{saved} To '
+            'try: a lower optim_wrapper.optimizer.lr or a longer warm-up; '
+            'optim_wrapper.clip_grad=dict(max_norm=10.0); the data (empty '
+            'boxes, labels outside 0..num_classes-1, NaN pixels); no --amp.')
