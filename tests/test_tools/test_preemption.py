@@ -220,3 +220,28 @@ def test_rank_killed_leaves_no_worker(ade_config, tmp_path, cleanup):
     os.kill(run.rank_pid(1), signal.SIGKILL)
     assert run.finish() != 0
     run.assert_nothing_left(within=10)
+
+
+@pytest.mark.xdist_group('ade_trained')  # one training at a time
+def test_frozen_rank_is_named_after_the_timeout(ade_config, tmp_path,
+                                                cleanup):
+    """SIGSTOP of rank 1: rank 0 fails after env_cfg.dist_cfg.timeout,
+    naming the setting and the rank it waited for."""
+    run = Run(['tools/dist_train.sh', ade_config, '2', '--work-dir',
+               tmp_path / 'work'] + OPTIONS + ['env_cfg.dist_cfg.timeout=10'],
+              tmp_path)
+    cleanup(run)
+    run.wait_for(r'Iter\(train\) \[\s*3/')
+    frozen = run.rank_pid(1)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        t0 = time.time()
+        run.wait_for(r'error: rank 0: no answer', timeout=60)
+        assert time.time() - t0 < 40
+    finally:
+        os.kill(frozen, signal.SIGKILL)
+    assert run.finish() != 0
+    assert ('error: rank 0: no answer from rank 1 within 10 s '
+            '(env_cfg.dist_cfg.timeout)') in run.out
+    assert 'env_cfg.dist_cfg.timeout=SECONDS' in run.out
+    run.assert_nothing_left(within=10)
