@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Usage: tools/dist_train.sh CONFIG GPUS [train.py args...]
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR and PORT on every node.
+# SIGTERM / Ctrl-C: every rank ends its iteration, it is saved, exit 143 / 130
+# (continue with --resume). A rank that stops answering fails the others after
+# env_cfg.dist_cfg.timeout seconds (--cfg-options env_cfg.dist_cfg.timeout=N).
 set -euo pipefail
 if [ $# -lt 2 ]; then
     echo "usage: $0 CONFIG GPUS [args...]" >&2

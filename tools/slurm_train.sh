@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Usage: [GPUS=16] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS=...] \
 #     tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]
+# On SIGTERM (scancel, preemption; SRUN_ARGS="--signal=TERM@120" before the
+# time limit) the run saves the iteration it is in: continue with --resume.
 set -euo pipefail
 if [ $# -lt 4 ]; then
     echo "usage: $0 PARTITION JOB_NAME CONFIG WORK_DIR [args...]" >&2

@@ -4,7 +4,11 @@
         [--auto-scale-lr] [--cfg-options k=v ...] [--launcher pytorch]
 
 The config's ``default_scope`` (mmdet or mmseg) picks the library; flags
-mean what they mean in mmdet's and mmseg's own tools/train.py.
+mean what they mean in mmdet's and mmseg's own tools/train.py. The work dir
+is locked against a second training before anything is written in it; on
+SIGTERM or SIGINT the run saves the iteration it is in and exits 143 / 130
+(PreemptionHook, added when the config lacks it; --resume goes on from it);
+dataloader workers die with their process.
 """
 import argparse
 import os
