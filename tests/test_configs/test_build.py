@@ -50,8 +50,11 @@ def test_builds_and_extracts_the_pyramid(path):
         if isinstance(m, torch.nn.Conv2d)
     ]
     assert math.prod(strides) == backbone.patch_size
-    assert model.backbone.embed_dims == \
-        ARCH_SETTINGS[backbone.arch]['embed_dims']
+    arch = backbone.arch  # a preset's name, or its settings (the demo's)
+    assert model.backbone.embed_dims == (
+        arch if isinstance(arch, dict) else ARCH_SETTINGS[arch])['embed_dims']
+    if isinstance(arch, dict):
+        assert len(model.backbone.blocks) == arch['depth']
     model.eval()
     with torch.no_grad():
         feats = model.extract_feat(torch.rand(1, 3, SIZE, SIZE))
