@@ -62,9 +62,8 @@ class AutoAmpOptimWrapper(OptimWrapper):
         if cpu_dtype not in ('bfloat16', 'float32') or dtype not in (
                 None, 'bfloat16', torch.bfloat16):
             raise ValueError(
-                f"On a CPU, autocast runs in bfloat16 only: cpu_dtype must be "
-                f"'bfloat16' or 'float32' (got {cpu_dtype!r}), dtype None or "
-                f"'bfloat16' (got {dtype!r}; other dtypes are for GPUs).")
+                "On a CPU: cpu_dtype 'bfloat16' or 'float32', dtype None or "
+                f"'bfloat16' (got {cpu_dtype!r}, {dtype!r}).")
         bf16 = cpu_dtype == 'bfloat16' and cpu_supports_bf16()
         self.cast_dtype = torch.bfloat16 if bf16 else None
         if bf16:

@@ -19,10 +19,9 @@ def _floats(value) -> list:
 class FiniteLossHook(Hook):
     """Raises ``FloatingPointError`` after the first iteration whose loss,
     a loss term or the ``grad_norm`` logged under ``clip_grad`` is NaN or
-    infinite on any rank (all stop together). Priority ``ABOVE_NORMAL``:
-    before the checkpoint hook, so that iteration is never saved. It names
-    the newest checkpoint whose weights then gave a finite loss at most
-    ``diverge_factor`` times the run's lowest. Unlike mmdet's
+    infinite on any rank (all stop), before the checkpoint hook saves it,
+    naming the newest checkpoint whose weights then gave a finite loss at
+    most ``diverge_factor`` times the run's lowest. Unlike mmdet's
     ``CheckInvalidLossHook``: every iteration, every term, any scope."""
     priority = 'ABOVE_NORMAL'
 

@@ -21,18 +21,17 @@ class ResumeError(ValueError):
 
 @HOOKS.register_module()
 class PreemptionHook(Hook):
-    """On SIGTERM (Slurm, Kubernetes) or SIGINT (Ctrl-C), every rank ends
-    its iteration (ranks agree: an ``all_reduce`` an iteration), the run
-    saves it (``AtomicCheckpointHook.save_now``, else
-    ``runner.save_checkpoint``) and raises :class:`TrainingInterrupted`
-    (exit 143 or 130); a second signal exits at once. At resume it says when
-    ``max_iters`` changed (the lr schedule stays the checkpoint's) and
-    refuses (:class:`ResumeError`) when nothing is left to train. Priority
-    ``LOWEST``; an epoch-based run resumed from it restarts that epoch."""
+    """On SIGTERM or SIGINT every rank ends its iteration (ranks agree by
+    an ``all_reduce``), the run saves it (``save_now`` of the checkpoint
+    hook, else ``runner.save_checkpoint``) and raises
+    :class:`TrainingInterrupted` (exit 143 / 130); a second signal exits at
+    once. At resume it says when ``max_iters`` changed (the lr schedule
+    stays the checkpoint's) and refuses (:class:`ResumeError`) when nothing
+    is left to train. An epoch-based run resumes at that epoch's start."""
     priority = 'LOWEST'
 
     def __init__(self):
-        self.received, self.resumed = 0, (None, None)
+        self.received, self.resumed, self.previous = 0, (None, None), {}
 
     def _handle(self, signum, frame):
         if self.received:
@@ -62,8 +61,12 @@ class PreemptionHook(Hook):
                 f"{total}: it goes on to {total}, but the learning-rate "
                 f"schedule is the checkpoint's, planned for {old}.")
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, self._handle)
+            self.previous = {sig: signal.signal(sig, self._handle)
+                             for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def after_run(self, runner) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:

@@ -67,6 +67,5 @@ class WorkDirLockHook(Hook):
         path = osp.realpath(osp.join(runner.work_dir, self.filename))
         lock_file = _HELD.pop(path, None)
         if lock_file is not None:  # unlocked: dataloader workers share it
-            lock_file.truncate(0)
             fcntl.flock(lock_file, fcntl.LOCK_UN)
             lock_file.close()
