@@ -51,12 +51,12 @@ def detector():
 def session(detector, tmp_path_factory):
     path = tmp_path_factory.mktemp('onnx') / 'mask_rcnn.onnx'
     D.export_detector(detector[1], str(path), shape=EXPORT_SHAPE)
-    return ort.InferenceSession(str(path),
-                                providers=['CPUExecutionProvider'])
+    return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
 
 
 def images(n, h, w, seed=0):
-    return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        n, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
 def eager(model, img):
@@ -68,10 +68,13 @@ def samples(n, h, w, scale):
     from mmdet.structures import DetDataSample
     ori = (round(h / scale), round(w / scale))
     return [
-        DetDataSample(metainfo=dict(
-            img_shape=(h, w), pad_shape=(h, w), batch_input_shape=(h, w),
-            ori_shape=ori, scale_factor=(w / ori[1], h / ori[0])))
-        for _ in range(n)
+        DetDataSample(
+            metainfo=dict(
+                img_shape=(h, w),
+                pad_shape=(h, w),
+                batch_input_shape=(h, w),
+                ori_shape=ori,
+                scale_factor=(w / ori[1], h / ori[0]))) for _ in range(n)
     ]
 
 
@@ -88,8 +91,8 @@ def test_matches_mmdet_predict(detector, h, w, scale):
     with torch.no_grad():
         ref = model.predict(img, samples(2, h, w, scale), rescale=True)
     got = D.det_outputs_to_samples(dets, labels, masks,
-                                   samples(2, h, w, scale),
-                                   cfg.model.test_cfg.rcnn,
+                                   samples(2, h, w,
+                                           scale), cfg.model.test_cfg.rcnn,
                                    D.build_mask_head(cfg.model))
     for r, g in zip(ref, got):
         r, g = r.pred_instances, g.pred_instances
@@ -125,8 +128,7 @@ def test_graph_has_standard_ops_only(session):
     assert names == list(D.OUTPUT_NAMES)
 
 
-@pytest.mark.parametrize('n,h,w', [(1, 96, 128), (2, 128, 160),
-                                   (2, 100, 132)])
+@pytest.mark.parametrize('n,h,w', [(1, 96, 128), (2, 128, 160), (2, 100, 132)])
 def test_onnx_runtime_matches_eager(detector, session, n, h, w):
     """At the traced size, at other sizes (not multiples of 32) and batch 2."""
     img = images(n, h, w, seed=2)

@@ -82,18 +82,17 @@ def _batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor,
 
 
 def _rank_kept(scores: Tensor, valid: Tensor, keep: Tensor, k: int) -> Tensor:
-    """Top ``k`` scores per row of those kept by NMS; -1 where none is left.
+    """Top ``k`` scores per row among those kept by NMS; -1 past the last.
 
     ``scores`` and ``valid`` are N x T; ``keep`` indexes the flattened valid
-    entries. Returns (values, indices), both N x k.
+    entries. Returns (values, indices), both N x k; indices may point past T.
     """
     flat_valid = valid.reshape(-1).nonzero().squeeze(1)
     kept = torch.zeros_like(valid.reshape(-1))
-    kept = kept.index_put((flat_valid[keep], ), torch.ones_like(keep,
-                                                                dtype=torch.bool))
+    kept = kept.index_put((flat_valid[keep], ),
+                          torch.ones_like(keep, dtype=torch.bool))
     ranked = torch.where(
-        kept.reshape(valid.shape), scores,
-        torch.full_like(scores, _PAD_SCORE))
+        kept.reshape(valid.shape), scores, torch.full_like(scores, _PAD_SCORE))
     pad = torch.full_like(ranked[:, :1], _PAD_SCORE).expand(-1, k)
     return torch.cat([ranked, pad], dim=1).topk(k, dim=1)
 
@@ -126,15 +125,16 @@ class DetectorExport(nn.Module):
             if getattr(model, part, None) is None:
                 raise _unsupported('the model', f'has no {part}')
         rpn, roi = model.rpn_head, model.roi_head
-        names = dict(rpn_head=type(rpn).__name__,
-                     roi_head=type(roi).__name__)
+        names = dict(rpn_head=type(rpn).__name__, roi_head=type(roi).__name__)
         if names['rpn_head'] != 'RPNHead' or not rpn.use_sigmoid_cls:
-            raise _unsupported('rpn_head', f'is {names["rpn_head"]} '
-                               'without a sigmoid classifier')
+            raise _unsupported(
+                'rpn_head', f'is {names["rpn_head"]} '
+                'without a sigmoid classifier')
         if names['roi_head'] != 'StandardRoIHead' or not (roi.with_bbox
                                                           and roi.with_mask):
-            raise _unsupported('roi_head', f'is {names["roi_head"]} without '
-                               'both a bbox and a mask head')
+            raise _unsupported(
+                'roi_head', f'is {names["roi_head"]} without '
+                'both a bbox and a mask head')
         if roi.bbox_head.custom_cls_channels or not roi.bbox_head.with_reg:
             raise _unsupported('roi_head.bbox_head',
                                'has a custom classifier or no regression')
@@ -150,7 +150,8 @@ class DetectorExport(nn.Module):
         for name, ext in (('bbox_roi_extractor', roi.bbox_roi_extractor),
                           ('mask_roi_extractor', roi.mask_roi_extractor)):
             if type(ext).__name__ != 'SingleRoIExtractor':
-                raise _unsupported(f'roi_head.{name}', f'is {type(ext).__name__}')
+                raise _unsupported(f'roi_head.{name}',
+                                   f'is {type(ext).__name__}')
             for layer in ext.roi_layers:
                 if type(layer).__name__ != 'RoIAlign' or \
                         getattr(layer, 'pool_mode', 'avg') != 'avg':
@@ -165,7 +166,7 @@ class DetectorExport(nn.Module):
 
     # -- stages --------------------------------------------------------------
 
-    def _proposals(self, img: Tensor, feats: Sequence[Tensor],
+    def _proposals(self, feats: Sequence[Tensor],
                    max_xy: Tensor) -> Tuple[Tensor, Tensor]:
         """RPN: N x P x 4 proposals and their N x P validity, P = max_per_img."""
         rpn, cfg = self.model.rpn_head, self.rpn_cfg
@@ -187,9 +188,13 @@ class DetectorExport(nn.Module):
             anchors = anchors.expand(delta.shape[0], -1, -1)
             if nms_pre > 0:
                 # topk over nms_pre padded entries: fixed k at any size
-                score, idx = torch.cat(
-                    [score, torch.full_like(score[:, :1], _PAD_SCORE).expand(
-                        -1, nms_pre)], dim=1).topk(nms_pre, dim=1)
+                score, idx = torch.cat([
+                    score,
+                    torch.full_like(score[:, :1], _PAD_SCORE).expand(
+                        -1, nms_pre)
+                ],
+                                       dim=1).topk(
+                                           nms_pre, dim=1)
                 delta = _gather_rows(delta, idx)
                 anchors = _gather_rows(anchors, idx)
             scores.append(score)
@@ -197,8 +202,8 @@ class DetectorExport(nn.Module):
             priors.append(anchors)
             levels.append(torch.full_like(score, lvl))
         scores = torch.cat(scores, dim=1)
-        boxes = _decode(torch.cat(priors, 1), torch.cat(deltas, 1),
-                        rpn.bbox_coder, max_xy)
+        boxes = _decode(
+            torch.cat(priors, 1), torch.cat(deltas, 1), rpn.bbox_coder, max_xy)
         levels = torch.cat(levels, dim=1)
         valid = scores > _PAD_SCORE / 2
         min_size = cfg.get('min_bbox_size', -1)
@@ -239,7 +244,7 @@ class DetectorExport(nn.Module):
         max_xy = shape_as_tensor(img)[2:].flip(0).to(img)
         feats = model.extract_feat(img)
 
-        proposals, prop_valid = self._proposals(img, feats, max_xy)
+        proposals, prop_valid = self._proposals(feats, max_xy)
         num_props = proposals.shape[1]
         images = _arange_like(proposals, 0)[:, None, None] + \
             proposals[..., :1] * 0
@@ -278,11 +283,10 @@ class DetectorExport(nn.Module):
         mask_preds = roi.mask_head(
             self._roi_feats(roi.mask_roi_extractor, feats, mask_rois))
         if not roi.mask_head.class_agnostic:
-            sel = det_labels.reshape(-1, 1, 1, 1).expand(
-                -1, 1, *mask_preds.shape[2:])
+            sel = det_labels.reshape(-1, 1, 1,
+                                     1).expand(-1, 1, *mask_preds.shape[2:])
             mask_preds = mask_preds.gather(1, sel)
-        masks = mask_preds.sigmoid().reshape(batch, -1,
-                                             *mask_preds.shape[2:])
+        masks = mask_preds.sigmoid().reshape(batch, -1, *mask_preds.shape[2:])
         masks = masks * found[..., None, None]
         return dets, det_labels, masks
 
@@ -300,8 +304,9 @@ def export_detector(model: nn.Module,
     (pass a temporary path and rename it).
     """
     if opset < 16:
-        raise ValueError(f'opset {opset} is too old for the detector: '
-                         'RoiAlign with half-pixel alignment needs opset >= 16')
+        raise ValueError(
+            f'opset {opset} is too old for the detector: '
+            'RoiAlign with half-pixel alignment needs opset >= 16')
     wrapper = DetectorExport(model).eval()
     dummy = torch.zeros(batch, 3, *shape)
     axes = None
@@ -348,7 +353,8 @@ def compare_outputs(ref: Sequence, got: Sequence) -> float:
         if not len(rd):
             continue
         scale = max(float(np.abs(rd).max()), 1e-12)
-        worst = max(worst, float(np.abs(rd - gd).max()) / scale,
+        worst = max(worst,
+                    float(np.abs(rd - gd).max()) / scale,
                     float(np.abs(rm - gm).max()))
     return worst
 
@@ -379,8 +385,8 @@ def det_outputs_to_samples(dets, labels, masks, batch_data_samples: List,
     """
     from mmengine.config import ConfigDict
     from mmengine.structures import InstanceData
-    dets, labels, masks = (torch.as_tensor(np.asarray(x))
-                           for x in (dets, labels, masks))
+    dets, labels, masks = (
+        torch.as_tensor(np.asarray(x)) for x in (dets, labels, masks))
     if not isinstance(rcnn_test_cfg, ConfigDict):
         rcnn_test_cfg = ConfigDict(rcnn_test_cfg)
     if dets.shape[0] != len(batch_data_samples):
@@ -398,7 +404,11 @@ def det_outputs_to_samples(dets, labels, masks, batch_data_samples: List,
         metas.append(sample.metainfo)
     with torch.no_grad():
         results = mask_head.predict_by_feat(
-            tuple(mask_preds), results, metas, rcnn_test_cfg, rescale=True,
+            tuple(mask_preds),
+            results,
+            metas,
+            rcnn_test_cfg,
+            rescale=True,
             activate_map=True)
     for sample, res in zip(batch_data_samples, results):
         sample.pred_instances = res
