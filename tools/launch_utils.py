@@ -226,41 +226,6 @@ def exit_cpu_distributed(code: int = 0):
     os._exit(code)
 
 
-_RANK_PID = None  # the process that started the dataloader workers
-
-
-def _worker_start(worker_id: int, inner=None, seed=None,
-                  diff_rank_seed: bool = False, num_workers: int = 0):
-    """A dataloader worker's first step: it dies with the process that
-    started it (Linux ``PR_SET_PDEATHSIG``, so a rank killed with -9 leaves
-    no worker behind), leaves SIGINT and SIGTERM to that process (which
-    finishes its iteration and stops its workers), then runs the config's
-    ``worker_init_fn`` or, as mmengine does without one, seeds numpy,
-    random and torch from the run's seed."""
-    import signal
-    if sys.platform.startswith('linux'):
-        import ctypes
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-        if _RANK_PID is not None and os.getppid() != _RANK_PID:
-            # it died before prctl
-            os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if inner is not None:
-        from mmengine.registry import FUNCTIONS
-        inner = dict(inner)
-        fn = inner.pop('type')
-        return (FUNCTIONS.get(fn) if isinstance(fn, str) else fn)(
-            worker_id, **inner)
-    from mmengine.dataset import worker_init_fn
-    from mmengine.dist import get_rank
-    if seed is None:
-        seed = torch.initial_seed() % 2**31  # per worker, set by torch
-    rank = get_rank()
-    worker_init_fn(worker_id, num_workers, rank,
-                   seed + (rank if diff_rank_seed else 0))
-
-
 def _kill_workers():
     """At exit, before multiprocessing's own clean-up (which would wait for
     workers that ignore its SIGTERM): ends the daemonic children."""
@@ -272,26 +237,27 @@ def _kill_workers():
             child.kill()
 
 
-def guard_dataloader_workers(cfg: Config):
-    """Starts every dataloader worker of ``cfg`` with
-    :func:`_worker_start` (chaining the config's own ``worker_init_fn``)."""
-    from mmengine.registry import FUNCTIONS
-    global _RANK_PID
-    if _RANK_PID is None:
-        atexit.register(_kill_workers)
-    _RANK_PID = os.getpid()
-    FUNCTIONS.register_module('xcit_mm_worker_start', force=True,
-                              module=_worker_start)
-    randomness = cfg.get('randomness') or {}
-    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        loader = cfg.get(key)
-        if isinstance(loader, dict) and loader.get('num_workers', 0) > 0:
-            loader['worker_init_fn'] = dict(
-                type='xcit_mm_worker_start',
-                inner=loader.get('worker_init_fn'),
-                seed=randomness.get('seed'),
-                diff_rank_seed=randomness.get('diff_rank_seed', False),
-                num_workers=loader['num_workers'])
+def guard_dataloader_workers():
+    """Makes every process forked from this one from now on (dataloader
+    workers: mmengine's start method on Linux is fork) die with it (Linux
+    ``PR_SET_PDEATHSIG``, so a rank killed with -9 leaves no worker behind)
+    and leave SIGINT and SIGTERM to it (it ends its iteration, saves, and
+    stops them). Seeding and the config are untouched."""
+    import signal
+    parent = [os.getpid()]
+
+    def in_child():
+        if sys.platform.startswith('linux'):
+            import ctypes
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+            if os.getppid() != parent[0]:  # it died before prctl
+                os._exit(1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    os.register_at_fork(before=lambda: parent.__setitem__(0, os.getpid()),
+                        after_in_child=in_child)
+    atexit.register(_kill_workers)
 
 
 def dist_timeout(cfg) -> float:

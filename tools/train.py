@@ -109,7 +109,7 @@ def main(argv=None):
     hooks = cfg.get('custom_hooks') or []
     if not any(h.get('type') == 'PreemptionHook' for h in hooks):
         cfg.custom_hooks = hooks + [dict(type='PreemptionHook')]
-    guard_dataloader_workers(cfg)
+    guard_dataloader_workers()
 
     cpu_distributed = init_cpu_distributed(args.launcher, cfg)
     if 'runner_type' in cfg:
