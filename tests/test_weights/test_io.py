@@ -88,3 +88,15 @@ def test_missing_file_and_unknown_scheme(tmp_path):
         read_checkpoint(str(tmp_path / 'nope.pth'))
     with pytest.raises(CheckpointError, match='nope://bucket/x.pth'):
         read_checkpoint('nope://bucket/x.pth')
+
+
+def test_reading_keeps_the_process_allow_list(tmp_path):
+    """read_checkpoint leaves the globals that `import xcit_mm` allowed in
+    place, so a runner can still resume from its own checkpoints."""
+    import torch
+    from mmengine.logging import HistoryBuffer
+    torch.save({'w': torch.ones(1)}, tmp_path / 'a.pth')
+    read_checkpoint(str(tmp_path / 'a.pth'))
+    torch.save({'hub': HistoryBuffer([1.0], [1])}, tmp_path / 'b.pth')
+    hub = torch.load(tmp_path / 'b.pth', weights_only=True)['hub']
+    assert isinstance(hub, HistoryBuffer)

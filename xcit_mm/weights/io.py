@@ -104,10 +104,11 @@ def register_safe_globals():
 # Formats
 # --------------------------------------------------------------------------
 def _read_torch(path: str, name: str, map_location) -> dict:
+    # not torch.serialization.safe_globals(): leaving it removes the globals
+    # from the process-wide allow-list that the runner's resume relies on
+    register_safe_globals()
     try:
-        with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location=map_location,
-                              weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r'GLOBAL ([\w.]+)', str(err)) or \
             re.search(r'Unsupported global: ([\w.]+)', str(err))
