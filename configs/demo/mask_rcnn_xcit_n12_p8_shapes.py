@@ -1,8 +1,6 @@
 # The built-in demo: a small XCiT Mask R-CNN learning the generated shapes
-# dataset (ShapesDataset, xcit_mm.datasets) from scratch on a CPU: 400
-# iterations of 8 images, held-out box mAP above 0.55. The backbone is
-# nano-12's width and heads with 6 of its 12 blocks: on 128-pixel images
-# that halves the backbone's share (about 60%) of a training step.
+# dataset (ShapesDataset, xcit_mm.datasets) from scratch on a CPU: 560
+# iterations of 8 images, held-out box mAP above 0.5.
 # Run it with `bash tools/run_demo.sh` (or tools/train.py on this file after
 # `python tools/shapes_data.py data/shapes`).
 _base_ = ['../_base_/models/mask_rcnn_xcit_fpn.py', '../_base_/det_runtime.py']
@@ -16,13 +14,7 @@ width = 64  # FPN and head channels, narrower than COCO's 256
 
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='XCiT',
-        arch=dict(embed_dims=128, depth=6, num_heads=4),
-        out_indices=(1, 2, 3, 5),
-        patch_size=8,
-        drop_path_rate=0.0,
-        norm_cfg=norm_cfg),
+        arch='nano-12', patch_size=8, drop_path_rate=0.0, norm_cfg=norm_cfg),
     neck=dict(in_channels=[128] * 4, out_channels=width),
     rpn_head=dict(
         in_channels=width,
@@ -96,19 +88,15 @@ val_evaluator = dict(
     metric=['bbox', 'segm'])
 test_evaluator = val_evaluator
 
-max_iters = 400
+max_iters = 560
 train_cfg = dict(
-    type='IterBasedTrainLoop', max_iters=max_iters, val_interval=100)
+    type='IterBasedTrainLoop', max_iters=max_iters, val_interval=140)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(
-        type='AdamW',
-        lr=1e-3,
-        betas=(0.9, 0.999),
-        weight_decay=0.05,
-        fused=True),  # one kernel for all parameters, not a Python loop
+        type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(
         norm_decay_mult=0., custom_keys={'.temperature': dict(decay_mult=0.)}),
     clip_grad=dict(max_norm=10.0))
@@ -124,7 +112,7 @@ param_scheduler = [
 default_hooks = dict(
     logger=dict(interval=20, log_metric_by_epoch=False),
     checkpoint=dict(
-        by_epoch=False, interval=100, max_keep_ckpts=1, save_last=True))
+        by_epoch=False, interval=140, max_keep_ckpts=1, save_last=True))
 log_processor = dict(window_size=20, by_epoch=False)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)
