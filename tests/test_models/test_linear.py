@@ -308,3 +308,21 @@ def test_timing_picks_the_faster_product(monkeypatch, slowed):
         monkeypatch.setattr(linear_module, '_product',
                             slow(linear_module._product))
     assert linear_module._onednn_faster() == (slowed == 'aten')
+
+
+@pytest.mark.parametrize('env', ['1', None])
+def test_first_use_inside_activation_checkpointing(monkeypatch, env):
+    """The first product of the process may run inside a block under
+    ``torch.utils.checkpoint`` (``with_cp=True``): the check's own backward
+    must not set off the block's recomputation; training goes on and the
+    gradients are ATen's."""
+    from torch.utils.checkpoint import checkpoint
+    decide_afresh(monkeypatch, env)
+    layer = Linear(24, 40)
+    x = torch.randn(3, 5, 24, requires_grad=True)
+    out = checkpoint(lambda t: layer(t).relu(), x, use_reentrant=False)
+    out.sum().backward()
+    assert linear_module._chosen is not None  # decided inside the block
+    expected = torch.autograd.grad(
+        F.linear(x, layer.weight, layer.bias).relu().sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected, rtol=1e-4, atol=1e-4)

@@ -37,7 +37,10 @@ def _self_check() -> bool:
     if platform.machine().lower() not in ('x86_64', 'amd64'):
         return False
     results = []
-    with torch.inference_mode(False), torch.enable_grad():
+    # own saved-tensor hooks: inside an activation-checkpointed block the
+    # outer ones would recompute that block for this check's backward
+    with torch.inference_mode(False), torch.enable_grad(), \
+            torch.autograd.graph.saved_tensors_hooks(_same, _same):
         try:
             for fn in (_OneDNNLinear.apply, F.linear):
                 gen = torch.Generator().manual_seed(0)
@@ -54,6 +57,10 @@ def _self_check() -> bool:
         warnings.warn('xcit_mm: torch.ops.mkldnn._linear_pointwise is not '
                       f'usable ({problem}); linear layers use F.linear')
     return not problem
+
+
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 def _onednn_faster() -> bool:
