@@ -4,14 +4,14 @@ and batch sizes, and the post-processing into DetDataSamples."""
 import copy
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
 from tests.conftest import REPO_ROOT
 from tests.helpers import SMALL_ARCH, randomize_, tools_module
 
-ort = pytest.importorskip('onnxruntime')
-onnx = pytest.importorskip('onnx')
 D = tools_module('detector', 'deployment')
 
 EXPORT_SHAPE = (96, 128)
