@@ -11,6 +11,11 @@ differently shaped tensor is an error (``--allow-partial-load`` evaluates
 anyway, on purpose). ``--amp`` runs mmengine's TestLoop with ``fp16=True``. For the authors'
 mmdet 2.x / mmseg 0.x releases, convert first with
 tools/model_converters/xcit2mm.py.
+
+A CHECKPOINT ending in ``.onnx`` (written by
+tools/deployment/export_onnx.py) is evaluated in ONNX Runtime with the same
+data, evaluator and outputs, after a check that it holds the config's model
+(tools/deployment/ort_model.py).
 """
 import argparse
 import os
@@ -29,7 +34,8 @@ from launch_utils import (autocast_test_step, check_dataset_paths,  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (and eval) a model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or a model '
+                        'exported to .onnx')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument(
         '--out', help='mmdet: dump predictions to this pickle file; '
@@ -147,6 +153,20 @@ def load_weights(runner, checkpoint: str, strict: bool) -> None:
               file=sys.stderr)
 
 
+def use_onnx(runner, path: str) -> None:
+    """Replaces the runner's model by the exported ``path`` in ONNX Runtime
+    (``ort_model.onnx_model``), refused if the file does not fit the
+    config."""
+    sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)),
+                                'deployment'))
+    from ort_model import OnnxError, onnx_model
+    metainfo = runner.test_loop.dataloader.dataset.metainfo
+    try:
+        runner.model = onnx_model(runner.model, path, runner.cfg, metainfo)
+    except OnnxError as err:
+        sys.exit(f'error: {err}')
+
+
 def main(argv=None):
     args = parse_args(argv)
     from mmengine.logging import print_log
@@ -160,6 +180,13 @@ def main(argv=None):
         sys.exit(f'error: {err}')
     if not osp.isfile(args.checkpoint):
         sys.exit(f'error: checkpoint not found: {args.checkpoint!r}')
+    onnx = args.checkpoint.lower().endswith('.onnx')
+    for flag, why in (('amp', 'ONNX Runtime runs the exported float32 '
+                       'graph'), ('allow_partial_load', 'the file holds '
+                                  'the whole model')):
+        if onnx and getattr(args, flag):
+            sys.exit(f'error: --{flag.replace("_", "-")} does not apply to '
+                     f'{args.checkpoint} ({why}).')
     cfg.launcher = args.launcher
     cfg.load_from = None  # loaded below, strictly unless asked otherwise
     if args.show or args.show_dir:
@@ -175,7 +202,11 @@ def main(argv=None):
         runner = RUNNERS.build(cfg)
     else:
         runner = Runner.from_cfg(cfg)
-    load_weights(runner, args.checkpoint, strict=not args.allow_partial_load)
+    if onnx:
+        use_onnx(runner, args.checkpoint)
+    else:
+        load_weights(runner, args.checkpoint,
+                     strict=not args.allow_partial_load)
     if args.amp:  # TestLoop(fp16=True) would hand bf16 boxes to the metrics
         print_log(f'mixed precision: {autocast_test_step(runner.model)}',
                   logger='current')
