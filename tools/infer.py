@@ -11,6 +11,11 @@ image, named after it). Each image is checked first (readable, not empty,
 at least MIN_SIDE pixels a side, at most MAX_ASPECT:1): a bad one is
 reported by name and skipped, the others are processed, and the exit status
 is 1 if any was skipped.
+
+A CHECKPOINT ending in ``.onnx`` (written by
+tools/deployment/export_onnx.py) runs in ONNX Runtime inside the same
+inferencer, after a check that it holds the config's model
+(tools/deployment/ort_model.py).
 """
 import argparse
 import os
@@ -29,7 +34,8 @@ MAX_ASPECT = 100
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='config file of the trained model')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or a model '
+                        'exported to .onnx')
     parser.add_argument('inputs', help='an image, or a folder of images')
     parser.add_argument('--out', required=True, help='output folder')
     parser.add_argument('--device', default=None,
@@ -89,30 +95,55 @@ def name_label_maps(images, pred_dir: str):
             os.replace(src, osp.join(pred_dir, name + '.png'))
 
 
+def use_onnx(inferencer, cfg, args) -> None:
+    """Replaces the inferencer's model by the exported ``args.checkpoint``
+    in ONNX Runtime (``ort_model.onnx_model``); the classes drawn are the
+    file's, the palette the config's dataset's."""
+    sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)),
+                                'deployment'))
+    from ort_model import OnnxError, dataset_metainfo, onnx_model
+    try:
+        inferencer.model = onnx_model(inferencer.model, args.checkpoint, cfg,
+                                      dataset_metainfo(cfg))
+    except OnnxError as err:
+        sys.exit(f'error: {err}')
+    if cfg.default_scope == 'mmdet':
+        inferencer.visualizer.dataset_meta = inferencer.model.dataset_meta
+
+
 def run_inferencer(cfg, args, images, device: str):
     """mmdet's DetInferencer or mmseg's MMSegInferencer on ``images``, its
     model loaded strictly from ``args.checkpoint`` (as tools/test.py does:
     one that does not fit the config's model is refused)."""
+    import warnings
+
     from xcit_mm.weights import CheckpointError, load_trained
-    if cfg.default_scope == 'mmdet':
-        from mmdet.apis import DetInferencer
-        inferencer = DetInferencer(
-            model=cfg, weights=args.checkpoint, device=device,
-            scope='mmdet', show_progress=False)
-        options = dict(pred_score_thr=args.score_thr, no_save_pred=False)
+    onnx = args.checkpoint.lower().endswith('.onnx')
+    weights = None if onnx else args.checkpoint
+    with warnings.catch_warnings():
+        if onnx:  # built without weights: its network is replaced below
+            warnings.simplefilter('ignore')
+        if cfg.default_scope == 'mmdet':
+            from mmdet.apis import DetInferencer
+            inferencer = DetInferencer(
+                model=cfg, weights=weights, device=device, scope='mmdet',
+                show_progress=False)
+            options = dict(pred_score_thr=args.score_thr, no_save_pred=False)
+        else:
+            from mmseg.apis import MMSegInferencer
+            inferencer = MMSegInferencer(
+                model=cfg, weights=weights, device=device, scope='mmseg')
+            options = dict(show=False)
+    if onnx:
+        use_onnx(inferencer, cfg, args)
     else:
-        from mmseg.apis import MMSegInferencer
-        inferencer = MMSegInferencer(
-            model=cfg, weights=args.checkpoint, device=device,
-            scope='mmseg')
-        options = dict(show=False)
-    meta = inferencer.model.dataset_meta  # as the inferencer shows it
-    try:
-        load_trained(inferencer.model, args.checkpoint, strict=True,
-                     target=f'the model of {args.config}')
-    except CheckpointError as err:
-        sys.exit(f'error: {err}')
-    inferencer.model.dataset_meta = meta
+        meta = inferencer.model.dataset_meta  # as the inferencer shows it
+        try:
+            load_trained(inferencer.model, args.checkpoint, strict=True,
+                         target=f'the model of {args.config}')
+        except CheckpointError as err:
+            sys.exit(f'error: {err}')
+        inferencer.model.dataset_meta = meta
     if args.amp:
         autocast_test_step(inferencer.model)
     inferencer(images, out_dir=args.out, batch_size=args.batch_size,
@@ -133,10 +164,17 @@ def main(argv=None):
         sys.exit(f'error: {err}')
     from xcit_mm.weights import (CheckpointError, read_checkpoint,
                                  register_safe_globals)
-    try:  # missing, empty, text or corrupt: named, before anything runs
-        read_checkpoint(args.checkpoint)
-    except CheckpointError as err:
-        sys.exit(f'error: {err}')
+    if args.checkpoint.lower().endswith('.onnx'):
+        if args.amp:
+            sys.exit(f'error: --amp does not apply to {args.checkpoint} '
+                     '(ONNX Runtime runs the exported float32 graph).')
+        if not osp.isfile(args.checkpoint):
+            sys.exit(f'error: ONNX file not found: {args.checkpoint!r}')
+    else:
+        try:  # missing, empty, text or corrupt: named, before anything runs
+            read_checkpoint(args.checkpoint)
+        except CheckpointError as err:
+            sys.exit(f'error: {err}')
     register_safe_globals()  # for the inferencer's own torch.load
     images, skipped = [], []
     for path in list_images(args.inputs):
