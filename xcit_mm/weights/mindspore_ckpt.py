@@ -1,8 +1,7 @@
 """MindSpore ``.ckpt`` files, read with the ``protobuf`` library alone.
 
 ``mindspore.save_checkpoint`` writes one serialised ``Checkpoint`` message
-per parameter, back to back (protobuf merges concatenated messages, so the
-whole file parses as one ``Checkpoint``)::
+per parameter, back to back (protobuf merges concatenated messages)::
 
     message Checkpoint { repeated Value value = 1; }
     message Value { required string tag = 1;
@@ -11,13 +10,12 @@ whole file parses as one ``Checkpoint``)::
     message TensorProto { repeated int64 dims = 1;
                           required string tensor_type = 2;
                           required bytes tensor_content = 3; }
-    message MapTensorProto { repeated TensorProto tensor = 1; }
 
 ``tensor_content`` holds the raw C-order little-endian values; a tensor
 larger than 512 MB is split along its first axis into several values with
 the same tag. With ``crc_check=True`` the file ends in ``b'crc_num'`` and the
-CRC32 of the messages as 10 decimal digits. Encrypted files are not
-supported.
+CRC32 of the messages as 10 decimal digits. Map tensors (embedding tables,
+not XCiT weights) are skipped; encrypted files are not supported.
 """
 import zlib
 from collections import OrderedDict
@@ -32,62 +30,34 @@ _DTYPES = {
     'Int8': torch.int8, 'Int16': torch.int16, 'Int32': torch.int32,
     'Int64': torch.int64, 'UInt8': torch.uint8, 'Bool': torch.bool,
 }
-_CRC_MARK = b'crc_num'
+# message -> its fields (name, repeated, type), numbered from 1
+_SCHEMA = dict(
+    TensorProto=[('dims', True, 'int64'), ('tensor_type', False, 'string'),
+                 ('tensor_content', False, 'bytes')],
+    Value=[('tag', False, 'string'), ('tensor', False, 'TensorProto')],
+    Checkpoint=[('value', True, 'Value')])
 
 
 @lru_cache(maxsize=1)
 def _checkpoint_class():
-    """The ``Checkpoint`` message class, built from its descriptor."""
+    """The ``Checkpoint`` message class, built from :data:`_SCHEMA`."""
     from google.protobuf import descriptor_pb2, descriptor_pool
-    from google.protobuf import message_factory
-
+    from google.protobuf.message_factory import GetMessageClass
     F = descriptor_pb2.FieldDescriptorProto
     proto = descriptor_pb2.FileDescriptorProto(
-        name='xcit_mm/mindspore_checkpoint.proto',
-        package='xcit_mm.mindspore', syntax='proto2')
-
-    def message(name, fields):
-        msg = proto.message_type.add(name=name)
-        for number, (fname, label, ftype, type_name) in enumerate(fields, 1):
-            field = msg.field.add(name=fname, number=number, label=label,
-                                  type=ftype)
-            if type_name:
-                field.type_name = f'.xcit_mm.mindspore.{type_name}'
-        return msg
-
-    message('TensorProto', [
-        ('dims', F.LABEL_REPEATED, F.TYPE_INT64, None),
-        ('tensor_type', F.LABEL_REQUIRED, F.TYPE_STRING, None),
-        ('tensor_content', F.LABEL_REQUIRED, F.TYPE_BYTES, None),
-    ])
-    message('MapTensorProto',
-            [('tensor', F.LABEL_REPEATED, F.TYPE_MESSAGE, 'TensorProto')])
-    value = message('Value', [
-        ('tag', F.LABEL_REQUIRED, F.TYPE_STRING, None),
-        ('tensor', F.LABEL_OPTIONAL, F.TYPE_MESSAGE, 'TensorProto'),
-        ('maptensor', F.LABEL_OPTIONAL, F.TYPE_MESSAGE, 'MapTensorProto'),
-    ])
-    value.oneof_decl.add(name='value')
-    value.field[1].oneof_index = 0
-    value.field[2].oneof_index = 0
-    message('Checkpoint',
-            [('value', F.LABEL_REPEATED, F.TYPE_MESSAGE, 'Value')])
+        name='xcit_mm/mindspore_checkpoint.proto', package='ms',
+        syntax='proto2')
+    for name, fields in _SCHEMA.items():
+        message = proto.message_type.add(name=name)
+        for number, (field, repeated, kind) in enumerate(fields, 1):
+            scalar = getattr(F, f'TYPE_{kind.upper()}', None)
+            message.field.add(
+                name=field, number=number, type=scalar or F.TYPE_MESSAGE,
+                type_name=None if scalar else f'.ms.{kind}',
+                label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName('xcit_mm.mindspore.Checkpoint'))
-
-
-def _tensor(proto) -> torch.Tensor:
-    dtype = _DTYPES.get(proto.tensor_type)
-    if dtype is None:
-        raise ValueError(f'unsupported tensor type {proto.tensor_type!r}')
-    shape = list(proto.dims)
-    flat = torch.frombuffer(bytearray(proto.tensor_content), dtype=dtype)
-    count = 1
-    for d in shape:
-        count *= d
-    return flat, shape, count
+    return GetMessageClass(pool.FindMessageTypeByName('ms.Checkpoint'))
 
 
 def read_mindspore_checkpoint(data: bytes) -> Dict[str, torch.Tensor]:
@@ -99,33 +69,32 @@ def read_mindspore_checkpoint(data: bytes) -> Dict[str, torch.Tensor]:
             shape.
     """
     from google.protobuf.message import DecodeError
-    if len(data) > 17 and data[-17:-10] == _CRC_MARK:
-        body, crc = data[:-17], data[-10:]
-        if not crc.isdigit() or int(crc) != zlib.crc32(body):
+    if len(data) > 17 and data[-17:-10] == b'crc_num':
+        data, crc = data[:-17], data[-10:]
+        if not crc.isdigit() or int(crc) != zlib.crc32(data):
             raise ValueError('its CRC does not match (the file is corrupt)')
-        data = body
     try:
-        ckpt = _checkpoint_class().FromString(data)
+        values = _checkpoint_class().FromString(data).value
     except DecodeError as err:
-        raise ValueError(
-            'not a MindSpore checkpoint, or truncated or encrypted '
-            f'(protobuf: {err})') from None
-    if not ckpt.value:
+        raise ValueError('not a MindSpore checkpoint, or truncated or '
+                         f'encrypted (protobuf: {err})') from None
+    if not values:
         raise ValueError('not a MindSpore checkpoint: it holds no tensors')
-    parts: 'OrderedDict[str, list]' = OrderedDict()
-    for value in ckpt.value:
-        if value.WhichOneof('value') != 'tensor':
-            continue  # map tensors (embedding tables) are not XCiT weights
-        if value.tensor.tensor_type == 'str':
-            continue
-        parts.setdefault(value.tag, []).append(_tensor(value.tensor))
+    parts = OrderedDict()
+    for value in values:
+        if value.HasField('tensor') and value.tensor.tensor_type != 'str':
+            parts.setdefault(value.tag, []).append(value.tensor)
     out = OrderedDict()
     for tag, pieces in parts.items():
-        shape, count = pieces[0][1], pieces[0][2]
-        flat = torch.cat([p[0] for p in pieces])
-        if flat.numel() != count:
+        dtype = _DTYPES.get(pieces[0].tensor_type)
+        if dtype is None:
             raise ValueError(
-                f'tensor {tag!r} has {flat.numel()} values for shape '
-                f'{shape} (truncated?)')
+                f'unsupported tensor type {pieces[0].tensor_type!r}')
+        flat = torch.cat([torch.frombuffer(bytearray(p.tensor_content),
+                                           dtype=dtype) for p in pieces])
+        shape = list(pieces[0].dims)
+        if flat.numel() != torch.Size(shape).numel():
+            raise ValueError(f'tensor {tag!r} has {flat.numel()} values for '
+                             f'shape {shape} (truncated?)')
         out[tag] = flat.reshape(shape)
     return out
