@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from tests.helpers import BN, randomize_, reference_pyramid
 from xcit_mm.models import XCiTPyramidAdapter
+from xcit_mm.models.adapter import Deconv2x
 
 C = 16
 
@@ -111,4 +112,24 @@ def test_channels_last_views_give_contiguous_maps(patch_size):
         want = adapter([v.contiguous() for v in views])
     for a, b in zip(got, want):
         assert a.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_deconv_product_is_the_transposed_convolution(channels_last):
+    """Deconv2x (a token product) gives ConvTranspose2d's map and
+    gradients (input, weight, bias) for NCHW and channels-last inputs."""
+    torch.manual_seed(0)
+    deconv = Deconv2x(C)
+    x = torch.randn(2, 5, 7, C).permute(0, 3, 1, 2)
+    x = (x if channels_last else x.contiguous()).requires_grad_()
+    grad = torch.randn(2, C, 10, 14)
+    got = deconv(x)
+    assert got.is_contiguous() and got.shape == grad.shape
+    got_grads = torch.autograd.grad(got, [x, deconv.weight, deconv.bias],
+                                    grad)
+    want = F.conv_transpose2d(x, deconv.weight, deconv.bias, stride=2)
+    want_grads = torch.autograd.grad(want, [x, deconv.weight, deconv.bias],
+                                     grad)
+    for a, b in zip([got, *got_grads], [want, *want_grads]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

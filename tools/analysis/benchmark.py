@@ -23,7 +23,11 @@ Cases run in interleaved rounds (each round runs every case once, the order
 rotating); each figure is ``torch.utils.benchmark.Timer.blocked_autorange``
 of one round, and a ratio ``a / b`` is the median over rounds of the
 per-round ratios (the first case over each other case: ``ours / timm``),
-so that drift of the machine cancels. ``--memory``
+so that drift of the machine cancels; ``--clock cpu`` times the process's
+CPU time instead of the wall clock (less disturbed by other jobs on a
+shared machine; with several threads it is their sum). A training step
+sets the gradients to None first, as an optimizer's ``zero_grad`` does.
+``--memory``
 measures, in a fresh process per case, the growth of resident memory during
 one step (glibc told to unmap every block of 64 KiB or more when freed, so
 the figure follows the live tensors).
@@ -39,6 +43,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import timeit
 from typing import Callable, Dict, List
 
 import torch
@@ -71,9 +77,11 @@ def backbone_cases(args, h: int, w: int) -> Dict[str, Callable]:
     model = subjects.backbone(args.arch, args.patch_size).train(train)
     x = torch.randn(args.batch_size, 3, h, w)
     runs = {'ours': model}
+    params = {}
     for name in args.compare:
         if name == 'timm':
             runs['timm'] = subjects.timm_trunk(model)
+            params['timm'] = list(runs['timm'].module.parameters())
         elif name == 'trunk':
             runs['ours-trunk'] = model.forward_blocks
         elif name == 'aten':
@@ -84,12 +92,16 @@ def backbone_cases(args, h: int, w: int) -> Dict[str, Callable]:
             cp = subjects.backbone(args.arch, args.patch_size, with_cp=True)
             cp.load_state_dict(model.state_dict())
             runs['ours-cp'] = cp.train(train)
+            params['ours-cp'] = list(cp.parameters())
         elif name in ('vit', 'vit-fused', 'vit-naive'):
             for kind in (['fused', 'naive'] if name == 'vit' else
                          [name.split('-')[1]]):
                 if subjects.tokens(args.patch_size, h, w) <= args.max_tokens:
-                    runs[f'vit-{kind}'] = subjects.timm_vit(model, kind)
-    return {name: _step(fn, x, train, args.dtype) for name, fn in runs.items()}
+                    runs[f'vit-{kind}'] = vit = subjects.timm_vit(model, kind)
+                    params[f'vit-{kind}'] = list(vit.module.parameters())
+    return {name: _step(fn, x, train, args.dtype,
+                        params.get(name) or list(model.parameters()))
+            for name, fn in runs.items()}
 
 
 def _aten_products():
@@ -116,9 +128,12 @@ def _within(context: Callable, fn: Callable) -> Callable:
     return run
 
 
-def _step(fn: Callable, x, train: bool, dtype: str) -> Callable:
+def _step(fn: Callable, x, train: bool, dtype: str,
+          params: List[torch.Tensor]) -> Callable:
     def step():
         if train:
+            for p in params:
+                p.grad = None
             with _autocast(dtype, 'cpu'):
                 loss = _loss(fn(x))
             loss.backward()
@@ -148,6 +163,7 @@ def model_cases(args, h: int, w: int) -> Dict[str, Callable]:
         for dtype in args.dtype_list:
             def step(model=model, data=data, dtype=dtype, train=train):
                 if train:
+                    model.zero_grad(set_to_none=True)
                     with _autocast(dtype, 'cpu'):
                         losses = model(**data, mode='loss')
                     _loss(losses).backward()
@@ -159,7 +175,8 @@ def model_cases(args, h: int, w: int) -> Dict[str, Callable]:
 
 
 def run_rounds(cases: Dict[str, Callable], rounds: int,
-               min_run_time: float) -> Dict[str, List[float]]:
+               min_run_time: float, clock: str = 'wall'
+               ) -> Dict[str, List[float]]:
     for step in cases.values():  # warm-up
         step()
     times = {name: [] for name in cases}
@@ -169,7 +186,9 @@ def run_rounds(cases: Dict[str, Callable], rounds: int,
         for name in order:
             # Timer runs one thread unless told otherwise
             timer = Timer('step()', globals={'step': cases[name]},
-                          num_threads=torch.get_num_threads())
+                          num_threads=torch.get_num_threads(),
+                          timer=time.process_time if clock == 'cpu' else
+                          timeit.default_timer)
             times[name].append(
                 timer.blocked_autorange(min_run_time=min_run_time).median)
     return times
@@ -306,6 +325,8 @@ def parse_args(argv=None):
         p.add_argument('--rounds', type=int, default=5)
         p.add_argument('--min-run-time', type=float, default=0.5,
                        help='seconds per blocked_autorange')
+        p.add_argument('--clock', default='wall', choices=['wall', 'cpu'],
+                       help="'cpu': the process's CPU time (all threads)")
         p.add_argument('--memory', action='store_true',
                        help='also peak memory (Linux), a process per case')
         p.add_argument('--json', help='write the figures to this file')
@@ -332,11 +353,12 @@ def main(argv=None):
     results = []
     for h, w in args.sizes:
         cases = build(args, h, w)
-        times = run_rounds(cases, args.rounds, args.min_run_time)
+        times = run_rounds(cases, args.rounds, args.min_run_time,
+                           args.clock)
         first = next(iter(times))
         print(f'\ninput {h}x{w}, batch {args.batch_size}, '
               f'{torch.get_num_threads()} threads, mode {args.mode}, '
-              f'{args.rounds} rounds')
+              f'{args.rounds} rounds, {args.clock} clock')
         print(f'| case | median (ms) | min-max (ms) | {first} / case |'
               + (' peak memory (MiB) |' if args.memory else ''))
         print('| --- | --- | --- | --- |' + (' --- |' if args.memory else ''))
@@ -359,7 +381,8 @@ def main(argv=None):
                   (f" {row['peak_mb']:.0f} |" if args.memory else ''))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(machine=header, results=results), f, indent=1)
+            json.dump(dict(machine=header, clock=args.clock, results=results),
+                      f, indent=1)
     return results
 
 

@@ -9,9 +9,9 @@ deconvolution (up), identity and max-pooling (down):
 - patch 8: 2x up (deconv), identity, 2x2 max-pool, 4x4 max-pool.
 
 The maps arrive as channels-last views of the tokens and every level takes
-them as they are (oneDNN's deconvolutions and PyTorch's max-pooling run
-channels-last natively; an NCHW copy of the input first would cost more
-than the level itself); every level returns a contiguous (NCHW) map.
+them as they are (max-pooling runs channels-last natively, the
+deconvolutions are token products, :class:`Deconv2x`); every level returns
+a contiguous (NCHW) map.
 
 A grid smaller than a pooling window (an input of fewer than 2 patches a side
 at patch 16, 4 at patch 8) is padded with -inf up to the window, so that
@@ -25,9 +25,25 @@ import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.model import BaseModule
 
+from .linear import linear
 
-def _deconv2x(channels: int) -> nn.ConvTranspose2d:
-    return nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+
+class Deconv2x(nn.ConvTranspose2d):
+    """``ConvTranspose2d(C, C, 2, stride=2)`` as the product it is: each
+    input pixel's channels times a ``C x 4C`` matrix give its 2x2 output
+    block, by :func:`~xcit_mm.models.linear.linear` (a channels-last input
+    needs no copy; the backward of oneDNN's deconvolution, given such an
+    input, took twice as long on a Zen 2). Returns a contiguous NCHW map."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        weight = self.weight.permute(1, 2, 3, 0).reshape(-1, C)  # (o, a, b)
+        y = linear(x.permute(0, 2, 3, 1), weight,
+                   self.bias.repeat_interleave(4)).view(B, H, W, -1, 2, 2)
+        return y.permute(0, 3, 1, 4, 2, 5).reshape(B, -1, 2 * H, 2 * W)
 
 
 class MaxPoolAtLeastOne(nn.MaxPool2d):
@@ -68,17 +84,17 @@ class XCiTPyramidAdapter(BaseModule):
         if patch_size == 16:
             levels = [
                 nn.Sequential(
-                    _deconv2x(embed_dims),
+                    Deconv2x(embed_dims),
                     build_norm_layer(norm_cfg, embed_dims)[1],
                     build_activation_layer(act_cfg),
-                    _deconv2x(embed_dims)),
-                nn.Sequential(_deconv2x(embed_dims)),
+                    Deconv2x(embed_dims)),
+                nn.Sequential(Deconv2x(embed_dims)),
                 nn.Identity(),
                 MaxPoolAtLeastOne(kernel_size=2, stride=2),
             ]
         else:
             levels = [
-                nn.Sequential(_deconv2x(embed_dims)),
+                nn.Sequential(Deconv2x(embed_dims)),
                 nn.Identity(),
                 MaxPoolAtLeastOne(kernel_size=2, stride=2),
                 MaxPoolAtLeastOne(kernel_size=4, stride=4),
