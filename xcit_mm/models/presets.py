@@ -27,15 +27,10 @@ ARCH_SETTINGS: Dict[str, dict] = {
                      out_indices=(7, 11, 15, 23)),
 }
 
+# 's12' and 'small_12' for 'small-12', and so on
 ARCH_ALIASES: Dict[str, str] = {
-    'n12': 'nano-12', 'nano_12': 'nano-12',
-    't12': 'tiny-12', 'tiny_12': 'tiny-12',
-    't24': 'tiny-24', 'tiny_24': 'tiny-24',
-    's12': 'small-12', 'small_12': 'small-12',
-    's24': 'small-24', 'small_24': 'small-24',
-    'm24': 'medium-24', 'medium_24': 'medium-24',
-    'l24': 'large-24', 'large_24': 'large-24',
-}
+    alias: name for name in ARCH_SETTINGS
+    for alias in (name[0] + name.split('-')[1], name.replace('-', '_'))}
 
 CUSTOM_ARCH_KEYS: Tuple[str, ...] = ('embed_dims', 'depth', 'num_heads')
 

@@ -110,8 +110,7 @@ class ConvPatchEmbed(BaseModule):
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         divisors = (8, 4, 2, 1) if patch_size == 16 else (4, 2, 1)
-        layers = []
-        prev = in_channels
+        layers, prev = [], in_channels
         for i, divisor in enumerate(divisors):
             if i > 0:
                 layers.append(build_activation_layer(act_cfg))
@@ -201,11 +200,7 @@ class LPI(BaseModule):
     depthwise convolutions take them without a copy in either direction.
     """
 
-    def __init__(self,
-                 dim: int,
-                 norm_cfg: dict,
-                 act_cfg: dict,
-                 init_cfg=None):
+    def __init__(self, dim: int, norm_cfg: dict, act_cfg: dict, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.conv1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.act = build_activation_layer(act_cfg)
@@ -290,12 +285,9 @@ class XCABlock(BaseModule):
 
 @contextlib.contextmanager
 def _keep_batchnorm_stats(module: nn.Module):
-    """Restores the running statistics of ``module``'s batch norms on exit.
-
-    Gradient checkpointing runs each block's forward a second time during
-    backward; without this, the batch norms inside would update their
-    running statistics twice per step.
-    """
+    """Restores the running statistics of ``module``'s batch norms on exit
+    (gradient checkpointing runs a block's forward again in the backward,
+    which would update them twice per step)."""
     saved = [(buf, buf.detach().clone()) for m in module.modules()
              if isinstance(m, _BatchNorm) for buf in m.buffers()]
     try:
@@ -429,19 +421,12 @@ class XCiT(BaseModule):
         else:
             dpr = torch.linspace(0, drop_path_rate, self.depth).tolist()
         self.blocks = nn.ModuleList([
-            XCABlock(
-                dims,
-                self.num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_norm=qk_norm,
-                drop=drop_rate,
-                attn_drop=attn_drop_rate,
-                drop_path=dpr[i],
-                layer_scale_init_value=layer_scale_init_value,
-                norm_cfg=norm_cfg,
-                layer_norm_cfg=layer_norm_cfg,
-                act_cfg=act_cfg) for i in range(self.depth)
+            XCABlock(dims, self.num_heads, mlp_ratio=mlp_ratio,
+                     qkv_bias=qkv_bias, qk_norm=qk_norm, drop=drop_rate,
+                     attn_drop=attn_drop_rate, drop_path=dpr[i],
+                     layer_scale_init_value=layer_scale_init_value,
+                     norm_cfg=norm_cfg, layer_norm_cfg=layer_norm_cfg,
+                     act_cfg=act_cfg) for i in range(self.depth)
         ])
         self.adapter = XCiTPyramidAdapter(dims, patch_size, norm_cfg,
                                           act_cfg)
