@@ -1,20 +1,20 @@
 """Loading weights loudly: XCiT weights of any layout into a backbone
 (:func:`load_pretrained`), trained checkpoints into a whole model
-(:func:`load_trained`)."""
+(:func:`load_trained`), with one key summary (:func:`summarize_keys`)."""
 import logging
 import os
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Iterable, List, Optional
 
 import torch
 
-from .convert import (Conversion, convert_backbone_state_dict,
-                      unwrap_state_dict)
+from .convert import Conversion, convert_backbone_state_dict, \
+    unwrap_state_dict
 from .io import CheckpointError, decode_legacy_checkpoint, read_checkpoint
 
 # The parts of the trunk that must load from any backbone checkpoint; the
 # adapter may be missing (ImageNet weights have none).
-_REQUIRED_PARTS = ('patch_embed', 'pos_embed', 'blocks')
+_TRUNK = ('patch_embed', 'pos_embed', 'blocks')
 
 
 def summarize_keys(keys: Iterable[str], depth: int = 1, limit: int = 8) -> str:
@@ -23,38 +23,46 @@ def summarize_keys(keys: Iterable[str], depth: int = 1, limit: int = 8) -> str:
     groups, singles = Counter(), {}
     for k in keys:
         head = '.'.join(k.split('.')[:depth])
-        groups[head] += 1
-        singles[head] = k
+        groups[head], singles[head] = groups[head] + 1, k
     parts = [singles[h] if n == 1 else f'{h}.* ({n})'
              for h, n in groups.most_common()]
     if len(parts) > limit:
         parts = parts[:limit] + [f'... {len(parts) - limit} more groups']
-    return ', '.join(parts) if parts else 'none'
+    return ', '.join(parts) or 'none'
 
 
-def _part(key: str) -> str:
-    """``blocks.3.attn.qkv.weight`` -> ``blocks.3``; ``patch_embed.*`` ->
-    ``patch_embed``."""
-    parts = key.split('.')
-    return '.'.join(parts[:2]) if parts[0] == 'blocks' else parts[0]
+def _read(checkpoint, map_location):
+    """``(name for messages, loaded checkpoint)`` of a path or a dict."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        return str(checkpoint), read_checkpoint(str(checkpoint), map_location)
+    return '<dict>', checkpoint
 
 
-def _same_setting(switch: str, have, want) -> bool:
-    if switch == 'act_cfg':  # compare what computes: type, GELU's form
-        have, want = dict(have or {}), dict(want or {})
-        return (have.get('type'), have.get('approximate', 'none')) == \
-            (want.get('type'), want.get('approximate', 'none'))
-    return have == want
+def _fit(model: torch.nn.Module, state_dict: dict):
+    """The model's tensors missing from ``state_dict`` (but BN counters),
+    its unexpected keys, and ``(key, theirs, ours)`` of other shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict
+               and not k.endswith('num_batches_tracked')]
+    shapes = [(k, tuple(v.shape), tuple(own[k].shape))
+              for k, v in state_dict.items() if k in own and
+              hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)]
+    return missing, [k for k in state_dict if k not in own], shapes
 
 
 def check_maths(model: torch.nn.Module, conv: Conversion, name: str):
     """Raises when the checkpoint's framework computes XCiT differently
-    from how ``model`` was built (see ``Conversion.requires``)."""
-    wrong = []
-    for switch, value in conv.requires.items():
-        have = getattr(model, switch, None)
-        if not _same_setting(switch, have, value):
-            wrong.append(f'{switch}={value!r} (the model has {have!r})')
+    from how ``model`` was built (``Conversion.requires``); activations
+    compare by type and GELU form."""
+    def same(have, want):
+        if isinstance(want, dict):
+            have, want = [(d.get('type'), d.get('approximate', 'none'))
+                          for d in (dict(have or {}), want)]
+        return have == want
+
+    wrong = [f'{k}={v!r} (the model has {getattr(model, k, None)!r})'
+             for k, v in conv.requires.items()
+             if not same(getattr(model, k, None), v)]
     if wrong:
         raise CheckpointError(
             f'{name} holds {conv.layout} weights, which reproduce their '
@@ -63,8 +71,7 @@ def check_maths(model: torch.nn.Module, conv: Conversion, name: str):
             'config (see the weight sources in the README).')
 
 
-def load_pretrained(model: torch.nn.Module,
-                    checkpoint,
+def load_pretrained(model: torch.nn.Module, checkpoint,
                     prefix: Optional[str] = None,
                     logger: Optional[logging.Logger] = None,
                     map_location='cpu') -> Conversion:
@@ -79,51 +86,40 @@ def load_pretrained(model: torch.nn.Module,
             or from a framework whose maths needs switches the model lacks.
     """
     logger = logger or logging.getLogger(__name__)
-    name = str(checkpoint) if isinstance(checkpoint,
-                                         (str, os.PathLike)) else '<dict>'
-    if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = read_checkpoint(str(checkpoint), map_location)
+    name, checkpoint = _read(checkpoint, map_location)
     conv = convert_backbone_state_dict(checkpoint, prefix=prefix)
     check_maths(model, conv, name)
+    missing, unexpected, shapes = _fit(model, conv.state_dict)
     own = model.state_dict()
-    loadable, mismatched, unexpected = OrderedDict(), [], []
-    for k, v in conv.state_dict.items():
-        if k not in own:
-            unexpected.append(k)
-        elif own[k].shape != v.shape:
-            mismatched.append(
-                f'{k}: checkpoint {tuple(v.shape)}, model '
-                f'{tuple(own[k].shape)}')
-        else:
-            loadable[k] = v
-    required = [
-        k for k in own if k.split('.')[0] in _REQUIRED_PARTS
-        and not k.endswith('num_batches_tracked')
-    ]
-    not_loaded = [k for k in required if k not in loadable]
-    extra = [k for k in unexpected if k.split('.')[0] in _REQUIRED_PARTS]
-    if not_loaded or mismatched or extra:
-        parts = sorted({_part(k) for k in not_loaded},
+    trunk = [k for k in own if k.split('.')[0] in _TRUNK
+             and not k.endswith('num_batches_tracked')]
+    not_loaded = [k for k in trunk if k in missing] + [
+        k for k, _, _ in shapes if k in trunk]
+    extra = [k for k in unexpected if k.split('.')[0] in _TRUNK]
+    if not_loaded or shapes or extra:
+        parts = sorted({'.'.join(k.split('.')[:1 + k.startswith('blocks.')])
+                        for k in not_loaded},  # blocks.3, patch_embed
                        key=lambda p: (p != 'patch_embed', p != 'pos_embed',
                                       len(p), p))
-        detail = '; '.join(mismatched[:3])
+        detail = '; '.join(f'{k}: checkpoint {c}, model {m}'
+                           for k, c, m in shapes[:3])
         raise CheckpointError(
             f'Checkpoint {name} ({conv.layout} layout) does not fit the '
             f'backbone ({model.arch!r}, patch {model.patch_size}, '
-            f'{model.depth} blocks): '
-            f'{len(not_loaded)} of its {len(required)} trunk tensors would '
-            f'stay random (in {", ".join(parts[:6]) or "none"}'
+            f'{model.depth} blocks): {len(not_loaded)} of its {len(trunk)} '
+            f'trunk tensors would stay random (in '
+            f'{", ".join(parts[:6]) or "none"}'
             f'{" ..." if len(parts) > 6 else ""})'
             f'{"; shape mismatches: " + detail if detail else ""}'
             f'{"; keys the model lacks: " + summarize_keys(extra) if extra else ""}'
             '. Use a checkpoint of the same arch and patch size.')
+    loadable = {k: v for k, v in conv.state_dict.items() if k not in unexpected}
     model.load_state_dict(loadable, strict=False)
-    missing = [k for k in own if k not in loadable]
     logger.info(
         f'XCiT: loaded {len(loadable)} of {len(own)} tensors from {name} '
         f'({conv.layout} layout); dropped from the checkpoint: '
         f'{summarize_keys(conv.dropped)}; missing (kept as initialised): '
-        f'{summarize_keys(missing)}')
+        f'{summarize_keys(k for k in own if k not in loadable)}')
     if unexpected:
         logger.warning(
             'XCiT: checkpoint tensors with no place in the model, skipped: '
@@ -134,22 +130,12 @@ def load_pretrained(model: torch.nn.Module,
 def fit_problems(model: torch.nn.Module, state_dict: dict) -> List[str]:
     """How ``state_dict`` does not fit ``model``, one line per kind: its
     missing, unexpected and differently shaped tensors."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict
-               and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [(k, tuple(v.shape), tuple(own[k].shape))
-              for k, v in state_dict.items() if k in own and
-              hasattr(v, 'shape') and tuple(v.shape) != tuple(own[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f'{len(missing)} tensors of the model are not in the '
-                        f'checkpoint: {summarize_keys(missing, 2, 6)} '
-                        f'(e.g. {missing[0]})')
-    if unexpected:
-        problems.append(f'{len(unexpected)} tensors of the checkpoint are not '
-                        f'in the model: {summarize_keys(unexpected, 2, 6)} '
-                        f'(e.g. {unexpected[0]})')
+    missing, unexpected, shapes = _fit(model, state_dict)
+    problems = [f'{len(keys)} tensors of the {a} are not in the {b}: '
+                f'{summarize_keys(keys, 2, 6)} (e.g. {keys[0]})'
+                for keys, a, b in ((missing, 'model', 'checkpoint'),
+                                   (unexpected, 'checkpoint', 'model'))
+                if keys]
     if shapes:
         shown = '; '.join(f'{k}: {c} in the checkpoint, {m} in the model'
                           for k, c, m in shapes[:3])
@@ -166,7 +152,6 @@ def load_trained(model: torch.nn.Module, checkpoint, strict: bool = True,
     loaded dict, e.g. of mmengine's runner or ``xcit2mm.py --whole-model``)
     into ``model`` (DDP and TTA wrappers are looked through), and its
     ``meta['dataset_meta']`` into ``model.dataset_meta`` where both exist.
-
     ``target`` names the model in messages (e.g. ``'the model of CONFIG'``).
 
     Returns:
@@ -178,10 +163,7 @@ def load_trained(model: torch.nn.Module, checkpoint, strict: bool = True,
             corrupt) or, with ``strict``, does not fit the model; the message
             names the file and what to do.
     """
-    name = str(checkpoint) if isinstance(checkpoint,
-                                         (str, os.PathLike)) else '<dict>'
-    if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = read_checkpoint(str(checkpoint), map_location)
+    name, checkpoint = _read(checkpoint, map_location)
     while hasattr(model, 'module'):
         model = model.module
     try:
@@ -196,9 +178,9 @@ def load_trained(model: torch.nn.Module, checkpoint, strict: bool = True,
                 f'\n- {p}' for p in problems) + '\nUse a checkpoint trained '
             'with this config (convert the authors\' models with '
             'tools/model_converters/xcit2mm.py --whole-model).')
-    own = model.state_dict()
-    model.load_state_dict({k: v for k, v in state_dict.items() if k not in own
-                           or v.shape == own[k].shape}, strict=False)
+    shapes = {k for k, _, _ in _fit(model, state_dict)[2]}
+    model.load_state_dict({k: v for k, v in state_dict.items()
+                           if k not in shapes}, strict=False)
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     dataset_meta = meta.get('dataset_meta') if isinstance(meta, dict) else None
     if dataset_meta and hasattr(model, 'dataset_meta'):
