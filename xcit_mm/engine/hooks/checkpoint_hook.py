@@ -13,8 +13,6 @@ from ...fileio import (AtomicLocalBackend, atomic_write, checkpoint_problem,
                        remove_dead_temp_files)
 from ...weights.io import decode_legacy_checkpoint
 
-__all__ = ['AtomicCheckpointHook', 'CheckpointResumeError']
-
 
 class CheckpointResumeError(RuntimeError):
     """An automatic resume found no intact checkpoint to continue from."""
@@ -23,17 +21,14 @@ class CheckpointResumeError(RuntimeError):
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """mmengine's ``CheckpointHook`` (same arguments), crash-safe in a local
-    directory: checkpoints are written by :class:`AtomicLocalBackend` (set
-    in ``backend_args``), ``last_checkpoint`` by :func:`atomic_write`; what
-    ``max_keep_ckpts`` retires and the previous best go only after both are
-    complete; a failed save names the file and the intact previous one.
-    With ``resume=True`` and no ``load_from``, ``before_run`` (before the
-    runner resumes) points a ``last_checkpoint`` that is empty, names a
-    broken file (:func:`checkpoint_problem`) or is missing beside intact
-    checkpoints at the newest intact one, warning; with none intact it
-    raises :class:`CheckpointResumeError`. :meth:`save_now` saves on demand.
-    ``import xcit_mm`` lets ``torch.load(weights_only=True)`` read the files.
-    """
+    directory: checkpoints go through :class:`AtomicLocalBackend`,
+    ``last_checkpoint`` through :func:`atomic_write`, and what
+    ``max_keep_ckpts`` retires (or a replaced best) is removed only after
+    both; a failed save names the file and the intact previous one. With
+    ``resume=True`` and no ``load_from``, a ``last_checkpoint`` that is
+    empty, missing or names a broken file is pointed at the newest intact
+    checkpoint (warning), or :class:`CheckpointResumeError` says none is.
+    :meth:`save_now` saves on demand."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.pop('weights_only_compatible', None)  # of older versions
@@ -71,32 +66,35 @@ class AtomicCheckpointHook(CheckpointHook):
 
     def _repair_last_checkpoint(self, runner, ckpt_dir: str) -> None:
         pointer = osp.join(runner.work_dir, 'last_checkpoint')
-        target = problem = None  # no pointer: mmengine starts from scratch
+        target, problem = '', 'is missing'
         if osp.exists(pointer):
             with open(pointer) as f:
                 target = f.read().strip()
-            problem = checkpoint_problem(target) if target else 'empty'
+            problem = 'is empty' if not target else checkpoint_problem(target)
             if problem is None:
                 return
             problem = f'names {target}, which is {problem}' if target \
-                else 'is empty'
+                else problem
         head, _, tail = self.filename_tmpl.partition('{}')
         numbered = re.compile(re.escape(head) + r'(\d+)' + re.escape(tail))
         found = sorted(((int(m[1]), osp.getmtime(p), p)
                         for p in glob.glob(osp.join(glob.escape(ckpt_dir), '*'))
                         if (m := numbered.fullmatch(osp.basename(p)))),
                        reverse=True)
-        skipped, fallback = [], None
+        skipped = []
         for number, _, path in found:
             reason = checkpoint_problem(path)
             if reason is None:
-                fallback = number, path
-                break
-            if osp.abspath(path) != osp.abspath(target or ''):
+                runner.logger.warning(
+                    f'{pointer} {problem}; resuming from the newest intact '
+                    f'checkpoint instead: {path} ('
+                    f'{"epoch" if self.by_epoch else "iteration"} {number}).'
+                    + ''.join(f' Skipped broken: {", ".join(skipped)}.'
+                              for _ in skipped[:1]))
+                return atomic_write(pointer, path)
+            if osp.abspath(path) != osp.abspath(target):
                 skipped.append(f'{osp.basename(path)} ({reason})')
-        if fallback is None:
-            if problem is None:
-                return  # nothing to resume from: a fresh start, as mmengine
+        if osp.exists(pointer):  # no pointer and nothing intact: from scratch
             also = '; also broken: ' + ', '.join(skipped) if skipped else ''
             raise CheckpointResumeError(
                 f'Cannot resume the training in {runner.work_dir}: {pointer} '
@@ -105,15 +103,6 @@ class AtomicCheckpointHook(CheckpointHook):
                 'scratch, remove last_checkpoint (and the broken files) or '
                 'run without --resume; to continue from a particular file, '
                 'pass it: --resume PATH (load_from=PATH, resume=True).')
-        atomic_write(pointer, fallback[1])
-        newest = f'{fallback[1]} ({"epoch" if self.by_epoch else "iteration"}' \
-            f' {fallback[0]})'
-        runner.logger.warning((
-            f'{pointer} is missing, but {ckpt_dir} holds intact checkpoints: '
-            f'resuming from the newest, {newest}.' if problem is None else
-            f'{pointer} {problem}; resuming from the newest intact checkpoint '
-            f'instead: {newest}.') + ''.join(
-                f' Skipped broken: {", ".join(skipped)}.' for _ in skipped[:1]))
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
@@ -121,9 +110,9 @@ class AtomicCheckpointHook(CheckpointHook):
 
     def save_now(self, runner, step: Optional[int] = None) -> str:
         """Saves now (call on every rank): checkpoint, ``last_checkpoint``,
-        then removals; ``step`` defaults to that of a periodic save in
-        ``after_train_iter`` (``after_train_epoch``). Returns the path;
-        raises ``OSError`` naming the file and the intact previous one."""
+        then removals; ``step`` defaults to that of a periodic save after
+        this iteration (epoch). Returns the path; raises ``OSError`` naming
+        the file and the intact previous one."""
         if step is None:
             step = (runner.epoch if self.by_epoch else runner.iter) + 1
         meta = dict(epoch=step, iter=runner.iter) if self.by_epoch else \
