@@ -9,9 +9,6 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch import nn
 
-__all__ = ['XCiTConfigCheckHook', 'check_model_config']
-
-
 def _ints(value) -> Optional[List[int]]:
     """An int or ints as a list, else ``None``."""
     values = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -19,30 +16,20 @@ def _ints(value) -> Optional[List[int]]:
     return values if ok else None
 
 
-def _flat(key: str, module):
-    """``(key, part)``, one per stage of a ``ModuleList`` (cascades)."""
+def _consumers(key: str, module, top: bool = True):
+    """``(key, part)`` of the parts that read the neck's (or backbone's)
+    maps: ``module``, or where it has no ``in_channels`` of its own (an RoI
+    head) its children; a ``ModuleList`` (cascade) stage by stage."""
     if isinstance(module, nn.ModuleList):
         for i, sub in enumerate(module):
-            yield f'{key}[{i}]', sub
+            yield from _consumers(f'{key}[{i}]', sub, top)
+    elif top and not hasattr(module, 'in_channels'):
+        for name, sub in module.named_children():
+            if isinstance(sub, nn.ModuleList) or not type(
+                    sub).__module__.startswith('torch.nn'):
+                yield from _consumers(f'{key}.{name}', sub, False)
     else:
         yield key, module
-
-
-def _consumers(model):
-    """The parts that read the neck's (or backbone's) maps: every child of
-    the model but those two, and the children of a child without
-    ``in_channels`` of its own (an RoI head's extractors and heads)."""
-    for name, child in model.named_children():
-        if name in ('backbone', 'neck', 'data_preprocessor'):
-            continue
-        for key, part in _flat(f'model.{name}', child):
-            if hasattr(part, 'in_channels'):
-                yield key, part
-            else:
-                for sub, module in part.named_children():
-                    if isinstance(module, nn.ModuleList) or not type(
-                            module).__module__.startswith('torch.nn'):
-                        yield from _flat(f'{key}.{sub}', module)
 
 
 def _channel_problem(key: str, part, feats: List[int], text: str):
@@ -80,14 +67,10 @@ def _channel_problem(key: str, part, feats: List[int], text: str):
 def check_model_config(model, classes: Optional[Sequence[str]] = None,
                        source: str = 'the dataset') -> None:
     """Checks a built mmdet / mmseg model (DDP-wrapped or not) by its parts'
-    attributes: every ``num_classes`` against ``len(classes)`` (parts with
-    one class are class-agnostic, e.g. mmdet's RPN), and for an XCiT
-    backbone the channels: the neck's ``in_channels``, then each part that
-    reads the neck's maps (:func:`_channel_problem`).
-
-    Raises:
-        ValueError: every mismatch, naming both sides and the key to change.
-    """
+    attributes: every ``num_classes`` against ``len(classes)`` (one class is
+    class-agnostic, e.g. mmdet's RPN), and behind an XCiT backbone the
+    channels of the neck and of each part that reads its maps. Raises a
+    ``ValueError`` listing every mismatch, both sides and the key to set."""
     from ...models import XCiT
     model = model.module if is_model_wrapper(model) else model
     problems = []
@@ -114,7 +97,9 @@ def check_model_config(model, classes: Optional[Sequence[str]] = None,
         if isinstance(neck, nn.Sequential):
             neck = neck[0] if len(neck) else None
         width, num = getattr(neck, 'out_channels', 0), getattr(neck, 'num_outs', 0)
-        parts = list(_consumers(model))
+        parts = [p for name, child in model.named_children() if name not in (
+            'backbone', 'neck', 'data_preprocessor')
+            for p in _consumers(f'model.{name}', child)]
         if neck is not None:
             problems.append(_channel_problem('model.neck', neck, feats, text))
             feats, text = [width] * num, \
@@ -132,31 +117,29 @@ class XCiTConfigCheckHook(Hook):
     """:func:`check_model_config` once per dataloader as each loop starts
     (training: also the validation data); only the running loops' data are
     read, so a test run builds no training data."""
-
     priority = 'VERY_HIGH'
 
     def __init__(self) -> None:
         self._checked = set()
 
     def _check(self, runner, loop, name: str) -> None:
-        dataloader = getattr(loop, 'dataloader', None)
-        if dataloader is None or id(dataloader) in self._checked:
-            return
-        self._checked.add(id(dataloader))
-        dataset = getattr(dataloader, 'dataset', None)
-        metainfo = getattr(dataset, 'metainfo', None)
-        classes = metainfo.get('classes') if isinstance(metainfo,
-                                                        dict) else None
-        check_model_config(runner.model, classes,
-                           f'{name}.dataset ({type(dataset).__name__})')
+        loader = getattr(loop, 'dataloader', None)
+        if loader is not None and id(loader) not in self._checked:
+            self._checked.add(id(loader))
+            dataset = getattr(loader, 'dataset', None)
+            meta = getattr(dataset, 'metainfo', None)
+            check_model_config(
+                runner.model, meta.get('classes') if isinstance(meta, dict)
+                else None, f'{name}_dataloader.dataset '
+                f'({type(dataset).__name__})')
 
     def before_train(self, runner) -> None:
-        self._check(runner, runner.train_loop, 'train_dataloader')
+        self._check(runner, runner.train_loop, 'train')
         if runner.val_loop is not None:  # built before before_train
-            self._check(runner, runner.val_loop, 'val_dataloader')
+            self._check(runner, runner.val_loop, 'val')
 
     def before_val(self, runner) -> None:
-        self._check(runner, runner.val_loop, 'val_dataloader')
+        self._check(runner, runner.val_loop, 'val')
 
     def before_test(self, runner) -> None:
-        self._check(runner, runner.test_loop, 'test_dataloader')
+        self._check(runner, runner.test_loop, 'test')
