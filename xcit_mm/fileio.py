@@ -1,8 +1,7 @@
-"""Complete files or none: :func:`atomic_write`, used by every writer of the
-package (checkpoints, ``last_checkpoint``, converted weights);
-:class:`AtomicLocalBackend`, mmengine's local file backend writing through
-it (``backend_args=dict(backend='xcit_atomic_local')``); and the checks that
-find what a killed writer left (:func:`checkpoint_problem`,
+"""Complete files or none: :func:`atomic_write`, the one writer of the
+package; :class:`AtomicLocalBackend`, mmengine's local file backend through
+it (``backend_args=dict(backend='xcit_atomic_local')``); and what finds a
+killed writer's leftovers (:func:`checkpoint_problem`,
 :func:`remove_dead_temp_files`)."""
 import contextlib
 import os
@@ -25,18 +24,12 @@ class AtomicWriteError(OSError):
 
 
 def atomic_write(path: str, data: Union[bytes, str, Callable]) -> None:
-    """Writes ``data`` (bytes, text, or ``fn(binary_file)``) to ``path`` so
-    that ``path`` is never incomplete.
-
-    The data goes to ``.<name>.<pid>.tmp`` beside ``path``, is ``fsync``-ed
-    and renamed onto ``path`` (``os.replace``, atomic on POSIX and Windows);
-    the directory is then ``fsync``-ed where the file system allows. A killed
-    process leaves ``path`` as it was, plus at most the temporary file.
-
-    Raises:
-        AtomicWriteError: the write failed (disk full, file too large, no
-            permission); the message names ``path`` and says it is intact.
-    """
+    """Writes ``data`` (bytes, text, or ``fn(binary_file)``) to
+    ``.<name>.<pid>.tmp`` beside ``path``, ``fsync``-s it and renames it onto
+    ``path`` (``os.replace``, atomic), then ``fsync``-s the directory where
+    possible: a killed process leaves ``path`` as it was, plus at most the
+    temporary file. A failed write (disk full, no permission) raises
+    :class:`AtomicWriteError` naming ``path`` and saying it is intact."""
     path = str(path)
     directory = osp.dirname(osp.abspath(path))
     tmp = osp.join(directory, f'.{osp.basename(path)}.{os.getpid()}.tmp')
@@ -71,9 +64,8 @@ def atomic_write(path: str, data: Union[bytes, str, Callable]) -> None:
 @register_backend('xcit_atomic_local', force=True)
 class AtomicLocalBackend(LocalBackend):
     """mmengine's ``LocalBackend`` whose writes are :func:`atomic_write` and
-    whose removals wait for :meth:`flush_removals`, so that a caller removes
-    old files only once the new ones are complete. A path written after its
-    removal was requested is kept."""
+    whose removals wait for :meth:`flush_removals` (once the new files are
+    complete); a path written after its removal was requested is kept."""
 
     def __init__(self) -> None:
         self.pending_removals: List[str] = []
@@ -91,16 +83,14 @@ class AtomicLocalBackend(LocalBackend):
 
     rmtree = remove
 
-    def flush_removals(self) -> List[str]:
-        """Removes the files (and directories) whose removal waited; returns
-        their paths."""
+    def flush_removals(self) -> None:
+        """Removes the files (and directories) whose removal waited."""
         done, self.pending_removals = self.pending_removals, []
         for path in done:
             if osp.isdir(path):
                 super().rmtree(path)
             elif osp.exists(path):
                 super().remove(path)
-        return done
 
 
 def remove_dead_temp_files(directory: str) -> List[str]:
@@ -121,12 +111,9 @@ def remove_dead_temp_files(directory: str) -> List[str]:
 
 def checkpoint_problem(path: str) -> Optional[str]:
     """``None`` if the checkpoint ``path`` is intact, else why not
-    (``'missing'``, ``'empty (0 bytes)'``, ``'truncated (...)'``, ...).
-
-    A ``torch.save`` zip cut short has no central directory and a damaged
-    one fails a CRC (``ZipFile.testzip``); nothing is unpickled. A directory
-    (a DeepSpeed checkpoint) and a legacy non-zip file pass as they are.
-    """
+    (``'missing'``, ``'empty (0 bytes)'``, ``'truncated (...)'``, ...), from
+    its zip structure and CRCs, unpickling nothing. A directory (DeepSpeed)
+    and a legacy non-zip file pass as they are."""
     if osp.isdir(path) or not osp.exists(path):
         return None if osp.isdir(path) else 'missing'
     if osp.getsize(path) == 0:

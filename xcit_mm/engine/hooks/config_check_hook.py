@@ -114,32 +114,26 @@ def check_model_config(model, classes: Optional[Sequence[str]] = None,
 
 @HOOKS.register_module()
 class XCiTConfigCheckHook(Hook):
-    """:func:`check_model_config` once per dataloader as each loop starts
+    """:func:`check_model_config` against the data of each loop as it starts
     (training: also the validation data); only the running loops' data are
     read, so a test run builds no training data."""
     priority = 'VERY_HIGH'
 
-    def __init__(self) -> None:
-        self._checked = set()
-
-    def _check(self, runner, loop, name: str) -> None:
-        loader = getattr(loop, 'dataloader', None)
-        if loader is not None and id(loader) not in self._checked:
-            self._checked.add(id(loader))
-            dataset = getattr(loader, 'dataset', None)
-            meta = getattr(dataset, 'metainfo', None)
+    def _check(self, runner, mode: str) -> None:
+        loader = getattr(getattr(runner, f'{mode}_loop'), 'dataloader', None)
+        meta = getattr(getattr(loader, 'dataset', None), 'metainfo', None)
+        if loader is not None:
             check_model_config(
                 runner.model, meta.get('classes') if isinstance(meta, dict)
-                else None, f'{name}_dataloader.dataset '
-                f'({type(dataset).__name__})')
+                else None, f'{mode}_dataloader.dataset '
+                f'({type(loader.dataset).__name__})')
 
     def before_train(self, runner) -> None:
-        self._check(runner, runner.train_loop, 'train')
-        if runner.val_loop is not None:  # built before before_train
-            self._check(runner, runner.val_loop, 'val')
+        self._check(runner, 'train')
+        self._check(runner, 'val')  # None without validation
 
     def before_val(self, runner) -> None:
-        self._check(runner, runner.val_loop, 'val')
+        self._check(runner, 'val')
 
     def before_test(self, runner) -> None:
-        self._check(runner, runner.test_loop, 'test')
+        self._check(runner, 'test')

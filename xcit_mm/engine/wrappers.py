@@ -1,37 +1,38 @@
-"""Mixed precision on any device: mmengine's AMP on GPUs, bfloat16 on CPUs
-(where mmcv's NMS and RoIAlign, float32 only, run in float32)."""
+"""The wrappers that CPU training needs: DDP on gloo, and mixed precision
+on any device (mmengine's AMP on GPUs, bfloat16 on CPUs, where mmcv's NMS
+and RoIAlign, float32 only, run in float32)."""
 import functools
 import warnings
 from contextlib import contextmanager
 
 import torch
+from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
-from ..registry import OPTIM_WRAPPERS
+from ..registry import MODEL_WRAPPERS, OPTIM_WRAPPERS
+
+
+@MODEL_WRAPPERS.register_module()
+class CPUCompatibleDDP(MMDistributedDataParallel):
+    """``MMDistributedDataParallel`` that also runs on CPUs (gloo): without
+    a GPU, no ``device_ids`` (DDP rejects them there) and BN for SyncBN."""
+
+    def __init__(self, module, device_ids=None, **kwargs):
+        if not torch.cuda.is_available():
+            device_ids, module = None, revert_sync_batchnorm(module)
+        super().__init__(module=module, device_ids=device_ids, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)
 def fp32_mmcv_ops_on_cpu():
-    """mmcv's NMS and RoIAlign in float32 while CPU autocast is on (the
-    output cast back), unchanged otherwise. Idempotent."""
+    """mmcv's NMS and RoIAlign in float32 (inputs cast, autocast off inside,
+    by ``torch.amp.custom_fwd``) while CPU autocast is on. Idempotent."""
     from mmcv.ops.nms import NMSop
     from mmcv.ops.roi_align import RoIAlign
-    nms_forward, roi_forward = NMSop.forward, RoIAlign.forward
-
-    def nms(ctx, bboxes, scores, *args):
-        if bboxes.is_cpu and torch.is_autocast_enabled('cpu'):
-            bboxes, scores = bboxes.float(), scores.float()
-        return nms_forward(ctx, bboxes, scores, *args)
-
-    def roi_align(self, input, rois):
-        if not (input.is_cpu and torch.is_autocast_enabled('cpu')):
-            return roi_forward(self, input, rois)
-        with torch.autocast('cpu', enabled=False):
-            return roi_forward(self, input.float(),
-                               rois.float()).to(input.dtype)
-
-    NMSop.forward = staticmethod(nms)
-    RoIAlign.forward = roi_align
+    fp32 = functools.partial(torch.amp.custom_fwd, device_type='cpu',
+                             cast_inputs=torch.float32)
+    NMSop.forward = staticmethod(fp32(NMSop.forward))
+    RoIAlign.forward = fp32(RoIAlign.forward)
 
 
 def cpu_supports_bf16() -> bool:
