@@ -39,6 +39,10 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
+import detector as det  # noqa: E402
+import segmentor as seg  # noqa: E402
+from launch_utils import load_config  # noqa: E402
+
 TOLERANCE = 1e-4
 DEFAULT_OPSET = 17
 MIN_OPSET = 12  # XCA's einsum
@@ -197,8 +201,6 @@ def check_shapes(shape: Tuple[int, int], dynamic: bool,
 
 def _wrapper(model, task: str):
     """The traceable module (on an exportable copy) and its output names."""
-    import detector as det
-    import segmentor as seg
     if task == 'detector':
         copy, _ = seg.exportable_copy(model)
         return det.DetectorExport(copy).eval(), list(det.OUTPUT_NAMES)
@@ -214,8 +216,6 @@ def _wrapper(model, task: str):
 
 def eager_outputs(model, task: str, img: torch.Tensor) -> List[np.ndarray]:
     """The original model's outputs, the reference of the self-check."""
-    import detector as det
-    import segmentor as seg
     model.eval()
     with torch.no_grad():
         if task == 'detector':
@@ -230,7 +230,6 @@ def eager_outputs(model, task: str, img: torch.Tensor) -> List[np.ndarray]:
 def export_bytes(model, task: str, shape: Tuple[int, int], batch: int,
                  opset: int, dynamic: bool, dynamic_batch: bool) -> bytes:
     """torch.onnx.export (TorchScript exporter) of ``model`` as ``task``."""
-    import detector as det
     if opset < MIN_OPSET:
         raise ExportError(f'--opset {opset} is too old: XCiT attention '
                           f'(einsum) needs opset >= {MIN_OPSET}')
@@ -292,8 +291,7 @@ def relative_differences(task: str, names: Sequence[str], ref, got
     """Largest |got - ref| / max|ref| per output (one figure for all
     detector outputs: ``detector.compare_outputs``)."""
     if task == 'detector':
-        import detector as det
-        return {'+'.join(names): det.compare_outputs(ref, got)}
+            return {'+'.join(names): det.compare_outputs(ref, got)}
     out = {}
     for name, r, g in zip(names, ref, got):
         if r.shape != g.shape:
@@ -405,8 +403,6 @@ def check_out_path(out: str) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    from launch_utils import load_config
-
     from xcit_mm.fileio import AtomicWriteError
     try:
         check_out_path(args.out)
