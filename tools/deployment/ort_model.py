@@ -30,11 +30,16 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel, BaseTTAModel, is_model_wrapper
 from torch import Tensor, nn
 
+import detector
+from export_onnx import model_fingerprint, read_metadata
+
 INPUT_NAME = 'input'
 TASKS = dict(mmdet='detector', mmseg='segmentor')
 OUTPUT_NAMES = dict(detector=('dets', 'labels', 'masks'),
                     segmentor=('logits', ))
 META = 'xcit_mm.'
+# what the exported graph expects of its input (padding may change freely)
+NORMALISATION = ('mean', 'std', 'bgr_to_rgb', 'rgb_to_bgr')
 
 
 class OnnxError(ValueError):
@@ -55,7 +60,6 @@ class OnnxSession:
 
     def __init__(self, path: str, threads: Optional[int] = None):
         import onnxruntime as ort
-        from export_onnx import read_metadata
         if not osp.isfile(path):
             raise OnnxError(f'ONNX file not found: {path!r}')
         try:
@@ -128,6 +132,11 @@ def _num_classes(model: nn.Module, task: str) -> Optional[int]:
     return getattr(head, 'num_classes', None)
 
 
+def _plain(value):
+    """Config values as their JSON form (tuples as lists)."""
+    return json.loads(json.dumps(value))
+
+
 def _differences(theirs: dict, ours: dict, key: str) -> List[str]:
     """``key.x: A in the file, B in the config`` for each differing leaf."""
     if not (isinstance(theirs, dict) and isinstance(ours, dict)):
@@ -143,9 +152,9 @@ def check_onnx(onnx: OnnxSession, model: nn.Module, cfg,
                classes: Optional[Sequence[str]] = None) -> None:
     """Raises :class:`OnnxError` where ``onnx`` does not fit ``cfg`` (the
     config, ``cfg.filename`` named) and its built ``model``: the task, the
-    model's fingerprint, the number of classes, the class names (against
-    ``classes``, the test data's), the input and output names."""
-    from export_onnx import model_fingerprint
+    model's fingerprint, the input normalisation and channel order, the
+    number of classes, the class names (against ``classes``, the test
+    data's), the input and output names."""
     if not any(k.startswith(META) for k in onnx.meta):
         raise OnnxError(
             f'{onnx.path} has no {META}* metadata: it was not written by '
@@ -154,13 +163,20 @@ def check_onnx(onnx: OnnxSession, model: nn.Module, cfg,
     task = TASKS[cfg.default_scope]
     problems = []
     if onnx.task != task:
-        problems.append(f'it holds a {onnx.task} (exported'
-                        f'{" with --backbone-only" if onnx.task == "backbone" else ""}'
-                        f'), the config a {task}')
+        how = ' (exported with --backbone-only)' \
+            if onnx.task == 'backbone' else ''
+        problems.append(f'it holds a {onnx.task}{how}, the config a {task}')
     else:
         problems += _differences(
             json.loads(onnx.meta.get(META + 'model', '{}')),
             json.loads(model_fingerprint(cfg.model)), 'model')
+        if META + 'preprocess' in onnx.meta:
+            pre = cfg.model.get('data_preprocessor') or {}
+            theirs = json.loads(onnx.meta[META + 'preprocess'])
+            problems += _differences(
+                {k: theirs[k] for k in NORMALISATION if k in theirs},
+                {k: _plain(pre[k]) for k in NORMALISATION if k in pre},
+                'model.data_preprocessor')
         num = _num_classes(model, task)
         exported = onnx.meta.get(META + 'num_classes')
         if exported is not None and str(num) != exported:
@@ -195,7 +211,6 @@ class OrtDetector(BaseModel):
 
     def __init__(self, onnx: OnnxSession, model: nn.Module, model_cfg):
         super().__init__(data_preprocessor=model.data_preprocessor)
-        import detector
         self.onnx = onnx
         self.rcnn_cfg = model.test_cfg.rcnn
         self.mask_head = detector.build_mask_head(model_cfg)
