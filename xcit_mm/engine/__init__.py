@@ -1,5 +1,5 @@
 """Runtime pieces that configs name: the CPU-capable DDP and mixed-precision
-wrappers (:mod:`.wrappers`) and the hooks that keep a run safe (:mod:`.hooks`)."""
+wrappers (:mod:`.wrappers`), the hooks that keep a run safe (:mod:`.hooks`)."""
 from .hooks import (AtomicCheckpointHook, FiniteLossHook, PreemptionHook,
                     WorkDirLockHook, XCiTConfigCheckHook, check_model_config)
 from .wrappers import (AutoAmpOptimWrapper, CPUCompatibleDDP,

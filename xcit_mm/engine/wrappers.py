@@ -6,6 +6,7 @@ import warnings
 from contextlib import contextmanager
 
 import torch
+from mmengine.device import get_device
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
@@ -51,7 +52,6 @@ class AutoAmpOptimWrapper(OptimWrapper):
     ``cpu_dtype='float32'``. On a CPU ``dtype`` may only be bfloat16."""
 
     def __new__(cls, *args, **kwargs):
-        from mmengine.device import get_device
         if get_device() != 'cpu':
             kwargs.pop('cpu_dtype', None)
             return AmpOptimWrapper(*args, **kwargs)

@@ -5,16 +5,18 @@ and plain containers only) and MindSpore ``.ckpt`` (:mod:`.mindspore_ckpt`,
 no MindSpore needed); local, http(s) or any scheme of mmengine's file
 backends. Any failure raises :class:`CheckpointError` naming the file."""
 import argparse
-import os
 import os.path as osp
 import pickle
 import re
+import shutil
 import zipfile
 from collections import OrderedDict
 from typing import Optional
 
 import numpy as np
 import torch
+
+from ..fileio import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -175,9 +177,9 @@ def read_checkpoint(source, map_location='cpu',
         if source.startswith(('http://', 'https://')) and not backend_args:
             cached = osp.join(torch.hub.get_dir(), 'checkpoints',
                               osp.basename(source.split('?')[0]))
-            if not osp.isfile(cached):  # written whole, then renamed
-                os.makedirs(osp.dirname(cached), exist_ok=True)
-                torch.hub.download_url_to_file(source, cached, progress=False)
+            if not osp.isfile(cached):  # never a partial file in the cache
+                with get_local_path(source) as tmp, open(tmp, 'rb') as src:
+                    atomic_write(cached, lambda f: shutil.copyfileobj(src, f))
             return read_local_checkpoint(cached, map_location, name=source)
         with get_local_path(source, backend_args=backend_args) as path:
             # the suffix decides the format of a temporary copy

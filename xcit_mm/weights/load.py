@@ -113,7 +113,8 @@ def load_pretrained(model: torch.nn.Module, checkpoint,
             f'{"; shape mismatches: " + detail if detail else ""}'
             f'{"; keys the model lacks: " + summarize_keys(extra) if extra else ""}'
             '. Use a checkpoint of the same arch and patch size.')
-    loadable = {k: v for k, v in conv.state_dict.items() if k not in unexpected}
+    loadable = {k: v for k, v in conv.state_dict.items()
+                if k not in unexpected}
     model.load_state_dict(loadable, strict=False)
     logger.info(
         f'XCiT: loaded {len(loadable)} of {len(own)} tensors from {name} '
@@ -152,17 +153,10 @@ def load_trained(model: torch.nn.Module, checkpoint, strict: bool = True,
     loaded dict, e.g. of mmengine's runner or ``xcit2mm.py --whole-model``)
     into ``model`` (DDP and TTA wrappers are looked through), and its
     ``meta['dataset_meta']`` into ``model.dataset_meta`` where both exist.
-    ``target`` names the model in messages (e.g. ``'the model of CONFIG'``).
-
-    Returns:
-        list[str]: what does not fit (:func:`fit_problems`); empty unless
-        ``strict=False``, which loads what fits and leaves the rest.
-
-    Raises:
-        CheckpointError: the file is unreadable (missing, empty, text,
-            corrupt) or, with ``strict``, does not fit the model; the message
-            names the file and what to do.
-    """
+    Returns what does not fit (:func:`fit_problems`), loading the rest with
+    ``strict=False``; raises :class:`CheckpointError` naming the file (and
+    ``target``, e.g. ``'the model of CONFIG'``) when it is unreadable or,
+    with ``strict``, does not fit."""
     name, checkpoint = _read(checkpoint, map_location)
     while hasattr(model, 'module'):
         model = model.module

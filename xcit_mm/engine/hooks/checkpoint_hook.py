@@ -3,7 +3,6 @@ old checkpoints removed last, and a resume past a broken ``last_checkpoint``."""
 import glob
 import os.path as osp
 import re
-from typing import Optional
 
 from mmengine.dist import broadcast_object_list, is_main_process
 from mmengine.hooks import CheckpointHook
@@ -21,14 +20,11 @@ class CheckpointResumeError(RuntimeError):
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """mmengine's ``CheckpointHook`` (same arguments), crash-safe in a local
-    directory: checkpoints go through :class:`AtomicLocalBackend`,
-    ``last_checkpoint`` through :func:`atomic_write`, and what
-    ``max_keep_ckpts`` retires (or a replaced best) is removed only after
-    both; a failed save names the file and the intact previous one. With
-    ``resume=True`` and no ``load_from``, a ``last_checkpoint`` that is
-    empty, missing or names a broken file is pointed at the newest intact
-    checkpoint (warning), or :class:`CheckpointResumeError` says none is.
-    :meth:`save_now` saves on demand."""
+    directory: checkpoint and ``last_checkpoint`` written whole
+    (:mod:`xcit_mm.fileio`), old files removed after both, a failed save
+    named. With ``resume=True`` and no ``load_from``, an empty, missing or
+    broken ``last_checkpoint`` is pointed at the newest intact checkpoint,
+    or :class:`CheckpointResumeError` says there is none."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.pop('weights_only_compatible', None)  # of older versions
@@ -77,12 +73,12 @@ class AtomicCheckpointHook(CheckpointHook):
                 else problem
         head, _, tail = self.filename_tmpl.partition('{}')
         numbered = re.compile(re.escape(head) + r'(\d+)' + re.escape(tail))
-        found = sorted(((int(m[1]), osp.getmtime(p), p)
+        found = sorted(((int(m[1]), p)
                         for p in glob.glob(osp.join(glob.escape(ckpt_dir), '*'))
                         if (m := numbered.fullmatch(osp.basename(p)))),
                        reverse=True)
         skipped = []
-        for number, _, path in found:
+        for number, path in found:
             reason = checkpoint_problem(path)
             if reason is None:
                 runner.logger.warning(
@@ -108,13 +104,11 @@ class AtomicCheckpointHook(CheckpointHook):
         super().before_train(runner)
         self._flush()
 
-    def save_now(self, runner, step: Optional[int] = None) -> str:
-        """Saves now (call on every rank): checkpoint, ``last_checkpoint``,
-        then removals; ``step`` defaults to that of a periodic save after
-        this iteration (epoch). Returns the path; raises ``OSError`` naming
-        the file and the intact previous one."""
-        if step is None:
-            step = (runner.epoch if self.by_epoch else runner.iter) + 1
+    def save_now(self, runner) -> str:
+        """Saves this iteration (epoch) now, on every rank: checkpoint,
+        ``last_checkpoint``, then removals. Returns the path; raises
+        ``OSError`` naming it and the intact previous one."""
+        step = (runner.epoch if self.by_epoch else runner.iter) + 1
         meta = dict(epoch=step, iter=runner.iter) if self.by_epoch else \
             dict(epoch=runner.epoch, iter=step)
         keep, retired = getattr(self, 'keep_ckpt_ids', None), None
@@ -173,18 +167,9 @@ class AtomicCheckpointHook(CheckpointHook):
             self.save_now(runner)
 
     def after_val_epoch(self, runner, metrics) -> None:
-        """mmengine's best-checkpoint logic, but the re-save of the last
-        checkpoint after a new best is :meth:`save_now`'s."""
-        last, self.last_ckpt = self.last_ckpt, None  # mmengine skips it then
-        info = runner.message_hub.runtime_info
-        before = {k: v for k, v in info.items() if k.startswith('best_ckpt')}
-        try:
-            super().after_val_epoch(runner, metrics)
-        finally:
-            self.last_ckpt = last
-        if last is not None and before != {
-                k: v for k, v in info.items() if k.startswith('best_ckpt')}:
-            self.save_now(runner, runner.epoch if self.by_epoch else runner.iter)
+        # a new best: mmengine saves it and re-saves the last checkpoint
+        # (same path, whole files); the replaced best goes after both
+        super().after_val_epoch(runner, metrics)
         self._flush()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:

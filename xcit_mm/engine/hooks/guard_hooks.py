@@ -1,7 +1,5 @@
-"""The hooks that guard a training run: the work-dir lock
-(:class:`WorkDirLockHook`), the stop at a non-finite loss
-(:class:`FiniteLossHook`) and the saved stop on a signal
-(:class:`PreemptionHook`). Where ranks must agree, they ``all_reduce``."""
+"""The hooks that guard a training run: the work-dir lock, the stop at a
+non-finite loss, the saved stop on a signal; ranks agree by ``all_reduce``."""
 import math
 import os
 import os.path as osp
@@ -95,11 +93,10 @@ class WorkDirLockHook(Hook):
 
 
 def _floats(value) -> list:
+    """A loss (a number, tensor or list of them) as a flat list of floats."""
     if isinstance(value, (list, tuple)):
         return [v for item in value for v in _floats(item)]
-    if isinstance(value, torch.Tensor):
-        return value.detach().float().flatten().cpu().tolist()
-    return [float(value)] if isinstance(value, (int, float)) else []
+    return torch.as_tensor(value).detach().float().flatten().tolist()
 
 
 @HOOKS.register_module()
@@ -150,12 +147,12 @@ class FiniteLossHook(Hook):
 @HOOKS.register_module()
 class PreemptionHook(Hook):
     """On SIGTERM or SIGINT every rank ends its iteration, the run saves it
-    (``save_now`` of the checkpoint hook, else ``runner.save_checkpoint``)
+    (the checkpoint hook's ``save_now``, else ``runner.save_checkpoint``)
     and raises :class:`TrainingInterrupted` (exit 143 / 130); a second
-    signal exits at once. At resume it says when ``max_iters`` changed (the
-    lr schedule stays the checkpoint's) and refuses (:class:`ResumeError`)
-    when nothing is left to train. An epoch-based run resumes at that
-    epoch's start."""
+    signal exits at once (an epoch-based run resumes at that epoch's
+    start). At resume: a warning when ``max_iters`` changed (the lr
+    schedule stays the checkpoint's), :class:`ResumeError` when nothing is
+    left to train."""
     priority = 'LOWEST'
 
     def __init__(self):
