@@ -46,10 +46,6 @@ class OnnxError(ValueError):
     """An ONNX file that is missing, unreadable or does not fit the config."""
 
 
-def is_onnx(path: str) -> bool:
-    return path.lower().endswith('.onnx')
-
-
 class OnnxSession:
     """An exported model's ONNX Runtime session and its metadata.
 
@@ -214,7 +210,6 @@ class OrtDetector(BaseModel):
         self.onnx = onnx
         self.rcnn_cfg = model.test_cfg.rcnn
         self.mask_head = detector.build_mask_head(model_cfg)
-        self._to_samples = detector.det_outputs_to_samples
 
     def forward(self, inputs: Tensor, data_samples=None, mode='predict'):
         if mode != 'predict':
@@ -225,8 +220,9 @@ class OrtDetector(BaseModel):
             h, w = sample.metainfo['img_shape'][:2]
             dets[i, :, 0:4:2] = dets[i, :, 0:4:2].clamp(0, w)
             dets[i, :, 1:4:2] = dets[i, :, 1:4:2].clamp(0, h)
-        return self._to_samples(dets, labels, masks, data_samples,
-                                self.rcnn_cfg, self.mask_head)
+        return detector.det_outputs_to_samples(dets, labels, masks,
+                                               data_samples, self.rcnn_cfg,
+                                               self.mask_head)
 
 
 class OrtSegmentor(BaseModel):
@@ -287,9 +283,10 @@ def onnx_model(model: nn.Module, path: str, cfg,
         wrapped = OrtDetector(onnx, model, cfg.model)
     else:
         wrapped = OrtSegmentor(onnx, model)
-    meta = dict(copy.deepcopy(metainfo or {}))
-    meta['classes'] = onnx.classes or classes
-    wrapped.dataset_meta = meta
+    # as the inferencers keep a checkpoint's: the classes and their colours
+    palette = (metainfo or {}).get('palette')
+    wrapped.dataset_meta = dict(classes=onnx.classes or classes,
+                                palette=copy.deepcopy(palette))
     return wrapped.to('cpu').eval()
 
 
