@@ -2,20 +2,28 @@
 package; :class:`AtomicLocalBackend`, mmengine's local file backend through
 it (``backend_args=dict(backend='xcit_atomic_local')``); and what finds a
 killed writer's leftovers (:func:`checkpoint_problem`,
-:func:`remove_dead_temp_files`)."""
+:func:`remove_dead_temp_files`); the work-dir lock (:func:`lock_work_dir`)."""
 import contextlib
 import os
 import os.path as osp
 import re
+import socket
+import time
 import zipfile
 from typing import Callable, List, Optional, Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 __all__ = [
     'AtomicWriteError', 'AtomicLocalBackend', 'atomic_write',
-    'checkpoint_problem', 'remove_dead_temp_files'
+    'checkpoint_problem', 'remove_dead_temp_files', 'lock_work_dir',
+    'unlock_work_dir', 'WorkDirLockedError'
 ]
+_HELD = {}  # real path of a lock file -> its open file, in this process
 _TMP = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$')  # atomic_write's
 
 
@@ -134,3 +142,44 @@ def checkpoint_problem(path: str) -> Optional[str]:
     except Exception as err:  # noqa: BLE001 - any failure means unreadable
         return f'unreadable ({type(err).__name__}: {err})'
     return None
+
+
+class WorkDirLockedError(RuntimeError):
+    """Another live training holds the work dir."""
+
+
+def lock_work_dir(work_dir: str, filename: str = '.train.lock') -> bool:
+    """Takes a ``flock`` on ``work_dir/filename`` for this process (which
+    the system drops when the process dies, however it dies), or raises
+    :class:`WorkDirLockedError` and writes nothing. False without flock."""
+    path = osp.realpath(osp.join(work_dir, filename))
+    if path in _HELD or fcntl is None:
+        return fcntl is not None
+    os.makedirs(work_dir, exist_ok=True)
+    lock_file = open(path, 'a+')
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        lock_file.seek(0)
+        holder, _ = lock_file.read().strip(), lock_file.close()
+        if not isinstance(err, BlockingIOError):
+            return False  # a file system without locks
+        raise WorkDirLockedError(
+            f'Another training is running in the work dir {work_dir} (process'
+            f' {holder or "?"}; it holds {path}): wait for it or stop it, or '
+            'train in another work dir (--work-dir DIR).') from None
+    lock_file.truncate(0)
+    lock_file.write(f'{os.getpid()} on {socket.gethostname()}, started '
+                    f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+    lock_file.flush()
+    _HELD[path] = lock_file
+    return True
+
+
+def unlock_work_dir(work_dir: str, filename: str = '.train.lock') -> None:
+    """Releases :func:`lock_work_dir`'s lock (dataloader workers share the
+    open file, so it is unlocked, not only closed)."""
+    lock_file = _HELD.pop(osp.realpath(osp.join(work_dir, filename)), None)
+    if lock_file is not None:
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        lock_file.close()

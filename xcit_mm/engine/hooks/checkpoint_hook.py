@@ -13,8 +13,12 @@ from ...fileio import (AtomicLocalBackend, atomic_write, checkpoint_problem,
 from ...weights.io import decode_legacy_checkpoint
 
 
-class CheckpointResumeError(RuntimeError):
-    """An automatic resume found no intact checkpoint to continue from."""
+class ResumeError(RuntimeError):
+    """A resume that cannot go on: no intact checkpoint, or nothing left to
+    train."""
+
+
+CheckpointResumeError = ResumeError  # the name of earlier versions
 
 
 @HOOKS.register_module()

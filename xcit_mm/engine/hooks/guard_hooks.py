@@ -4,9 +4,7 @@ import math
 import os
 import os.path as osp
 import signal
-import socket
 import threading
-import time
 
 import torch
 from mmengine.config import Config
@@ -14,23 +12,11 @@ from mmengine.dist import all_reduce, is_main_process
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
-_HELD = {}  # real path of a lock file -> its open file, in this process
-
-
-class WorkDirLockedError(RuntimeError):
-    """Another live training holds the work dir."""
-
+from ...fileio import lock_work_dir, unlock_work_dir
+from .checkpoint_hook import ResumeError
 
 class TrainingInterrupted(SystemExit):
     """A signal stopped training; the exit status is 128 + its number."""
-
-
-class ResumeError(ValueError):
-    """The checkpoint resumed from has nothing left to train."""
 
 
 def _on_any_rank(value: float) -> float:
@@ -38,34 +24,6 @@ def _on_any_rank(value: float) -> float:
     flag = torch.tensor([float(value)])
     all_reduce(flag, op='max')
     return flag.item()
-
-
-def lock_work_dir(work_dir: str, filename: str = '.train.lock') -> bool:
-    """Takes a ``flock`` on ``work_dir/filename`` for this process (which
-    the system drops when the process dies, however it dies), or raises
-    :class:`WorkDirLockedError` and writes nothing. False without flock."""
-    path = osp.realpath(osp.join(work_dir, filename))
-    if path in _HELD or fcntl is None:
-        return fcntl is not None
-    os.makedirs(work_dir, exist_ok=True)
-    lock_file = open(path, 'a+')
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        lock_file.seek(0)
-        holder, _ = lock_file.read().strip(), lock_file.close()
-        if not isinstance(err, BlockingIOError):
-            return False  # a file system without locks
-        raise WorkDirLockedError(
-            f'Another training is running in the work dir {work_dir} (process'
-            f' {holder or "?"}; it holds {path}): wait for it or stop it, or '
-            'train in another work dir (--work-dir DIR).') from None
-    lock_file.truncate(0)
-    lock_file.write(f'{os.getpid()} on {socket.gethostname()}, started '
-                    f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
-    lock_file.flush()
-    _HELD[path] = lock_file
-    return True
 
 
 @HOOKS.register_module()
@@ -85,11 +43,7 @@ class WorkDirLockHook(Hook):
                                   'dir is not locked against a second run.')
 
     def after_run(self, runner) -> None:
-        lock_file = _HELD.pop(
-            osp.realpath(osp.join(runner.work_dir, self.filename)), None)
-        if lock_file is not None:  # unlocked: dataloader workers share it
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-            lock_file.close()
+        unlock_work_dir(runner.work_dir, self.filename)
 
 
 def _floats(value) -> list:
