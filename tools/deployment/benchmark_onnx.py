@@ -63,7 +63,14 @@ def build(subject: str):
     cfg = export_onnx.load_config(osp.join(REPO, config))
     cfg.model.backbone.init_cfg = None  # no download of pretrained weights
     model = export_onnx.build_model(cfg)
-    model.init_weights()
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('WARNING')  # init_weights reports every tensor
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
     if subject == 'detector':
         with torch.no_grad():
             model.rpn_head.rpn_cls.bias.add_(2.0)
@@ -101,7 +108,7 @@ def op_counts(path: str) -> collections.Counter:
 def cases(subject: str, levels, threads: int, show_ops: bool,
           shape=None) -> Dict[str, Callable]:
     import detector as det
-    cfg, model = build(subject)
+    _, model = build(subject)
     h, w = shape or SUBJECTS[subject][1]
     img = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     data = export_onnx.export_bytes(model, subject, (h, w), 1, 17, True,

@@ -45,7 +45,7 @@ from launch_utils import load_config  # noqa: E402
 
 TOLERANCE = 1e-4
 DEFAULT_OPSET = 17
-MIN_OPSET = 12  # XCA's einsum
+MIN_OPSET = 12  # the oldest the export was checked with
 META = 'xcit_mm.'
 
 
@@ -231,8 +231,8 @@ def export_bytes(model, task: str, shape: Tuple[int, int], batch: int,
                  opset: int, dynamic: bool, dynamic_batch: bool) -> bytes:
     """torch.onnx.export (TorchScript exporter) of ``model`` as ``task``."""
     if opset < MIN_OPSET:
-        raise ExportError(f'--opset {opset} is too old: XCiT attention '
-                          f'(einsum) needs opset >= {MIN_OPSET}')
+        raise ExportError(f'--opset {opset} is too old: the export is '
+                          f'checked with opset >= {MIN_OPSET}')
     if task == 'detector' and opset < 16:
         raise ExportError(f'--opset {opset} is too old for the detector: '
                           'RoiAlign with half-pixel alignment needs opset '
