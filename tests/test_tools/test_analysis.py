@@ -84,15 +84,16 @@ def check_results(data, stdout, cases, sizes):
             assert r['ratio'] == 1.0
 
 
-@pytest.mark.parametrize('mode, sizes', [('forward', ['64x64', '48x80']),
-                                         ('train', ['64x64'])])
-def test_benchmark_backbone(mode, sizes, tmp_path):
+@pytest.mark.parametrize('mode, sizes, clock', [
+    ('forward', ['64x64', '48x80'], 'wall'), ('train', ['64x64'], 'cpu')])
+def test_benchmark_backbone(mode, sizes, clock, tmp_path):
     out = tmp_path / 'bench.json'
     stdout = run_tool('benchmark.py', 'backbone', '--arch', 'nano-12',
                       '--patch-size', 16, '--sizes', *sizes, '--compare',
                       'timm', 'trunk', 'aten', 'unfused', 'cp', '--mode',
-                      mode, *QUICK, '--json', out)
-    assert f'mode {mode}' in stdout
+                      mode, '--clock', clock, *QUICK, '--json', out)
+    assert f'mode {mode}' in stdout and f'{clock} clock' in stdout
+    assert json.loads(out.read_text())['clock'] == clock
     check_machine(json.loads(out.read_text())['machine'], stdout, 'fp32')
     check_results(json.loads(out.read_text()), stdout,
                   ['ours', 'timm', 'ours-trunk', 'ours-aten', 'ours-unfused',
