@@ -12,8 +12,9 @@
 
 ``--seg`` does the same for a Semantic FPN on the semantic labels (mIoU).
 Every step runs the project's real tools, as a user would. Training,
-evaluation and inference run in mixed precision (``--amp``: bfloat16 on a
-CPU that has it natively) unless ``--fp32`` is given or the CPU lacks bf16.
+evaluation and inference run in mixed precision (``--amp``) on a GPU, and on
+a CPU where a few timed training steps run faster in bfloat16 than in fp32;
+in fp32 otherwise or with ``--fp32``.
 """
 import argparse
 import glob
@@ -62,25 +63,101 @@ def parse_args(argv=None):
     parser.add_argument('--num-overlays', type=int, default=6)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--fp32', action='store_true',
-                        help='no mixed precision (default: bf16 where the '
-                        'CPU supports it, fp16 AMP on a GPU)')
+                        help='no mixed precision (default: fp16 AMP on a '
+                        'GPU; on a CPU bf16 if timed steps say it is faster)')
     return parser.parse_args(argv)
 
 
-def precision_flags(fp32: bool):
-    """``['--amp']`` unless fp32 is asked for or the CPU has no bf16."""
+def step_seconds(config: str, data_root: str, bf16: bool,
+                 steps: int = 2, give_up: float = float('inf')) -> float:
+    """Best wall time of ``steps`` training steps (forward, losses,
+    backward) of ``config``'s model on 2 training images of ``data_root``,
+    after one warm-up step, in fp32 or under bfloat16 autocast (mmcv's NMS
+    and RoIAlign in float32, as in training). Stops after the warm-up when
+    that alone took longer than ``give_up`` seconds, and returns its time."""
     import torch
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import Runner
 
-    from xcit_mm.engine import cpu_supports_bf16
+    from xcit_mm.engine import fp32_mmcv_ops_on_cpu
+    cfg = Config.fromfile(osp.join(ROOT, config))
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    loader = dict(cfg.train_dataloader, batch_size=2, num_workers=0,
+                  persistent_workers=False)
+    loader['dataset'] = dict(loader['dataset'],
+                             data_root=osp.abspath(data_root) + '/')
+    batch = next(iter(Runner.build_dataloader(loader, seed=0)))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).train()
+    if bf16:
+        fp32_mmcv_ops_on_cpu()
+    best = float('inf')
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+            data = model.data_preprocessor(batch, True)
+            loss, _ = model.parse_losses(model(**data, mode='loss'))
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - start
+        if step == 0 and seconds > give_up:
+            return seconds
+        if step:
+            best = min(best, seconds)
+    return best
+
+
+def product_seconds(bf16: bool, repeats: int = 3) -> float:
+    """Best wall time of a linear layer's forward and backward at the demo
+    backbone's size (2048 tokens, 128 -> 512) in fp32 or under bfloat16
+    autocast."""
+    import torch
+    layer = torch.nn.Linear(128, 512)
+    x = torch.randn(2048, 128, requires_grad=True)
+    best = float('inf')
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+            y = layer(x)
+        y.float().sum().backward()
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def precision_flags(fp32: bool, config: str, data_root: str):
+    """``['--amp']`` when mixed precision is the faster for this job here:
+    fp16 AMP on a GPU; on a CPU bfloat16 autocast if timed training steps
+    run faster in it than in fp32 (skipped when the backbone's linear
+    product alone is already slower in bfloat16). ``[]`` (fp32) otherwise
+    or with ``--fp32``."""
+    import torch
     if fp32:
         print('precision: fp32 (--fp32)')
         return []
-    if torch.cuda.is_available() or cpu_supports_bf16():
-        print('precision: mixed (--amp: ' + (
-            'fp16 on the GPU)' if torch.cuda.is_available() else
-            'bfloat16 on the CPU)'))
+    if torch.cuda.is_available():
+        print('precision: mixed (--amp: fp16 on the GPU)')
         return ['--amp']
-    print('precision: fp32 (this CPU has no native bfloat16)')
+    f32, b16 = product_seconds(False), product_seconds(True)
+    timing = (f'a 2048x128 -> 512 linear layer, forward and backward, took '
+              f'{1000 * b16:.2f} ms in bfloat16, {1000 * f32:.2f} ms in fp32')
+    if b16 < f32:
+        f32 = step_seconds(config, data_root, bf16=False)
+        try:
+            b16 = step_seconds(config, data_root, bf16=True,
+                               give_up=3 * f32)
+        except RuntimeError as err:
+            first = str(err).splitlines()[0] if str(err) else repr(err)
+            print('precision: fp32 (a training step failed under bfloat16 '
+                  f'autocast: {first})')
+            return []
+        timing = (f'a training step of 2 images took {1000 * b16:.0f} ms '
+                  f'in bfloat16, {1000 * f32:.0f} ms in fp32')
+    if b16 < f32:
+        print(f'precision: mixed (--amp: bfloat16 on the CPU; {timing})')
+        return ['--amp']
+    print(f'precision: fp32 (faster on this CPU: {timing})')
     return []
 
 
@@ -200,7 +277,7 @@ def run_task(task: str, args) -> dict:
     work = osp.abspath(osp.join(args.work_dir, task))
     config = spec['config']
     opts = data_options(task, args.data_root, args.iters, args.val_interval)
-    amp = precision_flags(args.fp32)
+    amp = precision_flags(args.fp32, config, args.data_root)
     start = time.time()
     run([sys.executable, 'tools/train.py', config, '--work-dir', work] +
         amp + ['--cfg-options'] + opts)
