@@ -27,13 +27,19 @@ class CPUCompatibleDDP(MMDistributedDataParallel):
 @functools.lru_cache(maxsize=None)
 def fp32_mmcv_ops_on_cpu():
     """mmcv's NMS and RoIAlign in float32 (inputs cast, autocast off inside,
-    by ``torch.amp.custom_fwd``) while CPU autocast is on. Idempotent."""
+    by ``torch.amp.custom_fwd``; RoIAlign's features cast back) while CPU
+    autocast is on. Idempotent."""
     from mmcv.ops.nms import NMSop
     from mmcv.ops.roi_align import RoIAlign
     fp32 = functools.partial(torch.amp.custom_fwd, device_type='cpu',
                              cast_inputs=torch.float32)
     NMSop.forward = staticmethod(fp32(NMSop.forward))
-    RoIAlign.forward = fp32(RoIAlign.forward)
+    roi_align = fp32(RoIAlign.forward)
+
+    @functools.wraps(RoIAlign.forward)
+    def forward(self, input, rois):  # features in the dtype they came in
+        return roi_align(self, input, rois).to(input.dtype)
+    RoIAlign.forward = forward
 
 
 def cpu_supports_bf16() -> bool:
