@@ -253,3 +253,17 @@ def test_fixed_batch_and_size(static, shape, calls):
         with pytest.raises(ort_model.OnnxError, match='exported for inputs '
                            'of 64x64 .* gives 72x56'):
             onnx.run(torch.randn(1, 3, 72, 56))
+
+
+def test_segmentor_tta_runs_the_onnx_module(ade_export, tmp_path):
+    """--tta: mmseg's SegTTAModel around the exported segmentor gives the
+    checkpoint's metrics."""
+    found = []
+    for model in (ade_export.ckpt, ade_export.onnx):
+        work = str(tmp_path / osp.basename(model))
+        run_tool(['tools/test.py', ade_export.config, model, '--tta',
+                  '--work-dir', work])
+        found.append(_saved_metrics(work))
+    assert 'mIoU' in found[1] and sorted(found[1]) == sorted(found[0])
+    for key, value in found[0].items():
+        assert found[1][key] == pytest.approx(value, abs=0.1), key

@@ -145,12 +145,15 @@ def _differences(theirs: dict, ours: dict, key: str) -> List[str]:
 
 
 def check_onnx(onnx: OnnxSession, model: nn.Module, cfg,
-               classes: Optional[Sequence[str]] = None) -> None:
+               classes: Optional[Sequence[str]] = None,
+               model_cfg=None) -> None:
     """Raises :class:`OnnxError` where ``onnx`` does not fit ``cfg`` (the
     config, ``cfg.filename`` named) and its built ``model``: the task, the
     model's fingerprint, the input normalisation and channel order, the
     number of classes, the class names (against ``classes``, the test
-    data's), the input and output names."""
+    data's), the input and output names. ``model_cfg`` is the model's
+    config if not ``cfg.model`` (the module of a test-time augmentation)."""
+    model_cfg = model_cfg or cfg.model
     if not any(k.startswith(META) for k in onnx.meta):
         raise OnnxError(
             f'{onnx.path} has no {META}* metadata: it was not written by '
@@ -165,9 +168,9 @@ def check_onnx(onnx: OnnxSession, model: nn.Module, cfg,
     else:
         problems += _differences(
             json.loads(onnx.meta.get(META + 'model', '{}')),
-            json.loads(model_fingerprint(cfg.model)), 'model')
+            json.loads(model_fingerprint(model_cfg)), 'model')
         if META + 'preprocess' in onnx.meta:
-            pre = cfg.model.get('data_preprocessor') or {}
+            pre = model_cfg.get('data_preprocessor') or {}
             theirs = json.loads(onnx.meta[META + 'preprocess'])
             problems += _differences(
                 {k: theirs[k] for k in NORMALISATION if k in theirs},
@@ -250,6 +253,14 @@ class OrtSegmentor(BaseModel):
         model.encode_decode = self.encode_decode  # mmseg calls it per crop
         self.segmentor = model
 
+    @property
+    def out_channels(self) -> int:  # read by mmseg's SegTTAModel
+        return self.segmentor.out_channels
+
+    @property
+    def decode_head(self) -> nn.Module:  # its threshold, likewise
+        return self.segmentor.decode_head
+
     def encode_decode(self, inputs: Tensor, batch_img_metas=None) -> Tensor:
         logits = self.onnx.run(inputs)[0]
         return logits[..., :inputs.shape[2], :inputs.shape[3]]
@@ -261,7 +272,8 @@ class OrtSegmentor(BaseModel):
 
 
 def onnx_model(model: nn.Module, path: str, cfg,
-               metainfo: Optional[dict] = None) -> nn.Module:
+               metainfo: Optional[dict] = None,
+               model_cfg=None) -> nn.Module:
     """The config's built ``model`` (wrapped or not, or the ``module`` of a
     test-time augmentation model) with its network replaced by the exported
     ``path``, after :func:`check_onnx`. ``metainfo`` (the test data's)
@@ -274,13 +286,15 @@ def onnx_model(model: nn.Module, path: str, cfg,
     if is_model_wrapper(model):
         model = model.module
     if isinstance(model, BaseTTAModel):
-        model.module = onnx_model(model.module, path, cfg, metainfo)
+        model.module = onnx_model(model.module, path, cfg, metainfo,
+                                  (model_cfg or cfg.model)['module'])
         return model
     onnx = OnnxSession(path)
     classes = (metainfo or {}).get('classes')
-    check_onnx(onnx, model, cfg, classes)
+    model_cfg = model_cfg or cfg.model
+    check_onnx(onnx, model, cfg, classes, model_cfg)
     if onnx.task == 'detector':
-        wrapped = OrtDetector(onnx, model, cfg.model)
+        wrapped = OrtDetector(onnx, model, model_cfg)
     else:
         wrapped = OrtSegmentor(onnx, model)
     # as the inferencers keep a checkpoint's: the classes and their colours
