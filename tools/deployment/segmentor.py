@@ -1,7 +1,7 @@
 """mmseg's EncoderDecoder (and our backbone) as traceable modules for ONNX.
 
 ``torch.onnx.export`` (TorchScript exporter) records the sizes a module
-computes in Python as constants. Three parts of our segmentors do so and are
+computes in Python as constants. Three parts of our models do so and are
 replaced, on a copy of the model, by modules whose sizes follow the input:
 
 - mmseg's ``Upsample`` (FPNHead's scale heads) computes
@@ -31,7 +31,6 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 from torch.onnx.operators import shape_as_tensor
 
 INPUT_NAME = 'input'
@@ -39,6 +38,11 @@ SEGMENTOR_OUTPUTS = ('logits', )
 BACKBONE_OUTPUTS = ('feat0', 'feat1', 'feat2', 'feat3')
 # decode heads whose export was verified against eager mmseg
 SUPPORTED_HEADS = ('FPNHead', 'UPerHead')
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,
+                                                                  value)
 
 
 class ScaleUpsample(nn.Module):
