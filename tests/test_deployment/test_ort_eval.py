@@ -27,8 +27,8 @@ BATCH = ['--cfg-options', 'test_dataloader.batch_size=2']
 @pytest.fixture(scope='module')
 def shapes(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('shapes'))
-    tools_module('shapes_data').generate(root, NUM_TRAIN, NUM_VAL, SIZE, SEED,
-                                         progress=False)
+    tools_module('shapes_data').generate(
+        root, NUM_TRAIN, NUM_VAL, SIZE, SEED, progress=False)
     return root
 
 
@@ -53,8 +53,9 @@ def _random_checkpoint(task, config, path):
             model.roi_head.bbox_head.fc_cls.bias[-1] -= 3.0
     classes = DET_CLASSES if task == 'coco' else SEG_CLASSES
     torch.save(
-        dict(state_dict=model.state_dict(),
-             meta=dict(dataset_meta=dict(classes=classes))), path)
+        dict(
+            state_dict=model.state_dict(),
+            meta=dict(dataset_meta=dict(classes=classes))), path)
 
 
 def _export(task, shapes, tmp_path_factory):
@@ -93,23 +94,30 @@ def exported(request):
 
 
 def _saved_metrics(work_dir):
-    """The metrics tools/test.py saved (mmengine's ``<stamp>/<stamp>.json``)."""
+    """The metrics tools/test.py saved (``<stamp>/<stamp>.json``)."""
     [path] = glob.glob(osp.join(work_dir, '*', '*.json'))
     with open(path) as f:
-        return {k: v for k, v in json.load(f).items() if '/' in k or 'IoU' in
-                k or 'Acc' in k}
+        return {
+            k: v
+            for k, v in json.load(f).items()
+            if '/' in k or 'IoU' in k or 'Acc' in k
+        }
 
 
 def _evaluate(exported, model, out, tmp_path, name):
     work = str(tmp_path / name)
-    res = run_tool(['tools/test.py', exported.config, model, '--work-dir',
-                    work, '--out', out] + BATCH)
+    res = run_tool([
+        'tools/test.py', exported.config, model, '--work-dir', work, '--out',
+        out
+    ] + BATCH)
     return res, _saved_metrics(work)
 
 
 def _infer(exported, images, out):
-    res = run_tool(['tools/infer.py', exported.config, exported.onnx, images,
-                    '--out', out, '--device', 'cpu'])
+    res = run_tool([
+        'tools/infer.py', exported.config, exported.onnx, images, '--out', out,
+        '--device', 'cpu'
+    ])
     assert f'wrote {NUM_VAL} overlays' in res.out
     for name in os.listdir(images):
         vis = cv2.imread(osp.join(out, 'vis', name))
@@ -117,7 +125,7 @@ def _infer(exported, images, out):
 
 
 def test_onnx_evaluates_and_draws_as_the_checkpoint(exported, shapes,
-                                                     tmp_path):
+                                                    tmp_path):
     """tools/test.py: the same metric keys and values, and the same
     predictions, for the checkpoint in PyTorch and its export in ONNX
     Runtime (2 images a batch); tools/infer.py on the export: overlays of
@@ -147,34 +155,36 @@ def test_onnx_evaluates_and_draws_as_the_checkpoint(exported, shapes,
             r, g = r['pred_instances'], g['pred_instances']
             assert (r['scores'] > 0.05).sum() > 0
             assert torch.equal(r['labels'], g['labels'])
-            torch.testing.assert_close(g['bboxes'], r['bboxes'], atol=1e-3,
-                                       rtol=1e-4)
-            torch.testing.assert_close(g['scores'], r['scores'], atol=1e-5,
-                                       rtol=1e-4)
+            torch.testing.assert_close(
+                g['bboxes'], r['bboxes'], atol=1e-3, rtol=1e-4)
+            torch.testing.assert_close(
+                g['scores'], r['scores'], atol=1e-5, rtol=1e-4)
             assert inferred['labels'] == r['labels'].tolist()
-            np.testing.assert_allclose(inferred['bboxes'],
-                                       r['bboxes'].numpy(), atol=1e-3)
+            np.testing.assert_allclose(
+                inferred['bboxes'], r['bboxes'].numpy(), atol=1e-3)
         return
     maps = sorted(glob.glob(osp.join(outs[0], '*.png')))
     assert len(maps) == NUM_VAL
     for path in maps:
         ref = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        got = cv2.imread(osp.join(outs[1], osp.basename(path)),
-                         cv2.IMREAD_UNCHANGED)
+        got = cv2.imread(
+            osp.join(outs[1], osp.basename(path)), cv2.IMREAD_UNCHANGED)
         assert got.shape == ref.shape == (SIZE, SIZE)
         assert (got != ref).mean() < 1e-3
         # tools/test.py --out writes ADE20k's labels (the reduced ones + 1)
-        inferred = cv2.imread(osp.join(drawn, 'pred', osp.basename(path)),
-                              cv2.IMREAD_UNCHANGED)
+        inferred = cv2.imread(
+            osp.join(drawn, 'pred', osp.basename(path)), cv2.IMREAD_UNCHANGED)
         assert (inferred.astype(int) + 1 != ref).mean() < 1e-3
 
 
 def test_file_of_another_model_is_refused(coco_export, tmp_path):
     """A file whose model differs from the config's: a one-line error
     naming both files and the difference, and a non-zero exit."""
-    res = run_tool(['tools/test.py', coco_export.config, coco_export.onnx,
-                    '--work-dir', str(tmp_path), '--cfg-options',
-                    'model.backbone.arch.num_heads=4'], check=False,
+    res = run_tool([
+        'tools/test.py', coco_export.config, coco_export.onnx, '--work-dir',
+        str(tmp_path), '--cfg-options', 'model.backbone.arch.num_heads=4'
+    ],
+                   check=False,
                    split=True)
     assert res.code != 0
     last = res.err.strip().splitlines()[-1]
@@ -211,8 +221,9 @@ def test_unreadable_file_is_named(tmp_path):
     ort_model = tools_module('ort_model', 'deployment')
     broken = tmp_path / 'broken.onnx'
     broken.write_text('not a model')
-    with pytest.raises(ort_model.OnnxError,
-                       match=f'^{broken} is not a readable ONNX model'):
+    with pytest.raises(
+            ort_model.OnnxError,
+            match=f'^{broken} is not a readable ONNX model'):
         ort_model.OnnxSession(str(broken))
     with pytest.raises(ort_model.OnnxError, match='ONNX file not found'):
         ort_model.OnnxSession(str(tmp_path / 'missing.onnx'))
@@ -250,8 +261,10 @@ def test_fixed_batch_and_size(static, shape, calls):
     torch.testing.assert_close(out[:, :, :h, :w], x * 2)
     assert (out[:, :, h:] == 0).all() and (out[:, :, :, w:] == 0).all()
     if static[2]:
-        with pytest.raises(ort_model.OnnxError, match='exported for inputs '
-                           'of 64x64 .* gives 72x56'):
+        with pytest.raises(
+                ort_model.OnnxError,
+                match='exported for inputs '
+                'of 64x64 .* gives 72x56'):
             onnx.run(torch.randn(1, 3, 72, 56))
 
 
@@ -261,8 +274,10 @@ def test_segmentor_tta_runs_the_onnx_module(ade_export, tmp_path):
     found = []
     for model in (ade_export.ckpt, ade_export.onnx):
         work = str(tmp_path / osp.basename(model))
-        run_tool(['tools/test.py', ade_export.config, model, '--tta',
-                  '--work-dir', work])
+        run_tool([
+            'tools/test.py', ade_export.config, model, '--tta', '--work-dir',
+            work
+        ])
         found.append(_saved_metrics(work))
     assert 'mIoU' in found[1] and sorted(found[1]) == sorted(found[0])
     for key, value in found[0].items():

@@ -35,8 +35,8 @@ from export_onnx import model_fingerprint, read_metadata
 
 INPUT_NAME = 'input'
 TASKS = dict(mmdet='detector', mmseg='segmentor')
-OUTPUT_NAMES = dict(detector=('dets', 'labels', 'masks'),
-                    segmentor=('logits', ))
+OUTPUT_NAMES = dict(
+    detector=('dets', 'labels', 'masks'), segmentor=('logits', ))
 META = 'xcit_mm.'
 # what the exported graph expects of its input (padding may change freely)
 NORMALISATION = ('mean', 'std', 'bgr_to_rgb', 'rgb_to_bgr')
@@ -113,9 +113,7 @@ class OnnxSession:
             if short:
                 parts[-1] = torch.cat(
                     [parts[-1], parts[-1].new_zeros(short, *x.shape[1:])])
-        outs = [
-            self.session.run(None, {INPUT_NAME: p.numpy()}) for p in parts
-        ]
+        outs = [self.session.run(None, {INPUT_NAME: p.numpy()}) for p in parts]
         return [
             torch.from_numpy(np.concatenate(o)[:n]).to(inputs.device)
             for o in zip(*outs)
@@ -137,14 +135,17 @@ def _differences(theirs: dict, ours: dict, key: str) -> List[str]:
     """``key.x: A in the file, B in the config`` for each differing leaf."""
     if not (isinstance(theirs, dict) and isinstance(ours, dict)):
         return [] if theirs == ours else [
-            f'{key}: {theirs} in the file, {ours} in the config']
+            f'{key}: {theirs} in the file, {ours} in the config'
+        ]
     return [
         p for k in sorted(set(theirs) | set(ours))
         for p in _differences(theirs.get(k), ours.get(k), f'{key}.{k}')
     ]
 
 
-def check_onnx(onnx: OnnxSession, model: nn.Module, cfg,
+def check_onnx(onnx: OnnxSession,
+               model: nn.Module,
+               cfg,
                classes: Optional[Sequence[str]] = None,
                model_cfg=None) -> None:
     """Raises :class:`OnnxError` where ``onnx`` does not fit ``cfg`` (the
@@ -173,8 +174,10 @@ def check_onnx(onnx: OnnxSession, model: nn.Module, cfg,
             pre = model_cfg.get('data_preprocessor') or {}
             theirs = json.loads(onnx.meta[META + 'preprocess'])
             problems += _differences(
-                {k: theirs[k] for k in NORMALISATION if k in theirs},
-                {k: _plain(pre[k]) for k in NORMALISATION if k in pre},
+                {k: theirs[k]
+                 for k in NORMALISATION if k in theirs},
+                {k: _plain(pre[k])
+                 for k in NORMALISATION if k in pre},
                 'model.data_preprocessor')
         num = _num_classes(model, task)
         exported = onnx.meta.get(META + 'num_classes')
@@ -271,7 +274,9 @@ class OrtSegmentor(BaseModel):
         return self.segmentor.predict(inputs, data_samples)
 
 
-def onnx_model(model: nn.Module, path: str, cfg,
+def onnx_model(model: nn.Module,
+               path: str,
+               cfg,
                metainfo: Optional[dict] = None,
                model_cfg=None) -> nn.Module:
     """The config's built ``model`` (wrapped or not, or the ``module`` of a
@@ -299,8 +304,8 @@ def onnx_model(model: nn.Module, path: str, cfg,
         wrapped = OrtSegmentor(onnx, model)
     # as the inferencers keep a checkpoint's: the classes and their colours
     palette = (metainfo or {}).get('palette')
-    wrapped.dataset_meta = dict(classes=onnx.classes or classes,
-                                palette=copy.deepcopy(palette))
+    wrapped.dataset_meta = dict(
+        classes=onnx.classes or classes, palette=copy.deepcopy(palette))
     return wrapped.to('cpu').eval()
 
 
