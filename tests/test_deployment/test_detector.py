@@ -186,3 +186,24 @@ def test_old_opset_is_refused(detector, tmp_path):
     with pytest.raises(ValueError, match='opset >= 16'):
         D.export_detector(detector[1], str(tmp_path / 'x.onnx'), opset=13)
     assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_check_with_no_detections_checks_every_box(detector, tmp_path):
+    """A check on inputs that give no box above the score threshold would
+    compare nothing: the exporter checks a copy without the threshold too,
+    and the file it writes keeps the config's threshold."""
+    E = tools_module('export_onnx', 'deployment')
+    cfg, model = detector
+    model = copy.deepcopy(model)
+    model.test_cfg.rcnn.score_thr = 1.01  # no probability passes
+    lines, out = [], tmp_path / 'det.onnx'
+    E.export(cfg, model, 'demo.py', str(out), 'detector',
+             shape=EXPORT_SHAPE, log=lines.append)
+    assert 'score_thr=0 as well' in '\n'.join(lines), lines
+    counts = [int(line.rsplit('(', 1)[1].split()[0]) for line in lines
+              if line.startswith('check ')]
+    assert counts[:2] == [0, 0] and min(counts[2:]) > 0, lines
+    assert model.test_cfg.rcnn.score_thr == 1.01
+    sess = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    dets = sess.run(None, {'input': images(1, *EXPORT_SHAPE).numpy()})[0]
+    assert (dets[..., 4] == 0).all()

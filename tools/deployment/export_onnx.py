@@ -303,10 +303,13 @@ def relative_differences(task: str, names: Sequence[str], ref, got
 
 
 def self_check(model, task: str, data: bytes,
-               inputs: Sequence[Tuple[int, ...]], log=print
+               inputs: Sequence[Tuple[int, ...]], log=print,
+               detections: Optional[List[int]] = None
                ) -> Dict[Tuple[int, ...], Dict[str, float]]:
     """ONNX Runtime against eager PyTorch on random inputs of the given
-    (N, H, W); returns the differences; ExportError above TOLERANCE."""
+    (N, H, W); returns the differences; ExportError above TOLERANCE. For a
+    detector, the number of eager detections per input goes to
+    ``detections``."""
     import onnxruntime as ort
     sess = ort.InferenceSession(data, providers=['CPUExecutionProvider'])
     names = [o.name for o in sess.get_outputs()]
@@ -321,7 +324,10 @@ def self_check(model, task: str, data: bytes,
         found[(n, h, w)] = diffs
         found_dets = ''
         if task == 'detector':
-            found_dets = f' ({int((ref[0][..., 4] > 0).sum())} detections)'
+            count = int((ref[0][..., 4] > 0).sum())
+            found_dets = f' ({count} detections)'
+            if detections is not None:
+                detections.append(count)
         log(f'check {n}x3x{h}x{w}: ' + ', '.join(
             f'{k} {v:.1e}' for k, v in diffs.items()) + found_dets)
         bad += [f'{k} {v:.1e} at {n}x3x{h}x{w}' for k, v in diffs.items()
@@ -331,6 +337,28 @@ def self_check(model, task: str, data: bytes,
                           f'(relative difference above {TOLERANCE:g}: '
                           f'{"; ".join(bad)})')
     return found
+
+
+def check_without_score_threshold(model, sizes, opset: int, dynamic: bool,
+                                  dynamic_batch: bool, log=print) -> None:
+    """Random inputs rarely give a trained detector a box above its score
+    threshold, and a check of no boxes checks nothing: the same check on a
+    copy exported with ``test_cfg.rcnn.score_thr`` 0 (every box kept)."""
+    rcnn = model.test_cfg.rcnn
+    log(f'no detections above score_thr={rcnn.score_thr} on the check\'s '
+        'inputs: checking an export with score_thr=0 as well')
+    saved, rcnn.score_thr = rcnn.score_thr, 0.0
+    try:
+        probe = export_bytes(model, 'detector', sizes[0][1:], sizes[0][0],
+                             opset, dynamic, dynamic_batch)
+        model.eval()
+        counts = []
+        self_check(model, 'detector', probe, sizes, log, counts)
+    finally:
+        rcnn.score_thr = saved
+    if not any(counts):
+        raise ExportError('the self-check found no detection to compare, '
+                          'even with score_thr=0')
 
 
 def metadata(cfg, model, task: str, config: str, shape, batch, dynamic,
@@ -377,9 +405,12 @@ def export(cfg, model, config: str, out: str, task: str,
     data = export_bytes(model, task, shape, batch, opset, dynamic,
                         dynamic_batch)
     model.eval()  # the exporter may leave modules in training mode
-    diffs = self_check(
-        model, task, data, check_shapes(shape, dynamic, batch,
-                                        dynamic_batch), log)
+    sizes = check_shapes(shape, dynamic, batch, dynamic_batch)
+    counts = []
+    diffs = self_check(model, task, data, sizes, log, counts)
+    if task == 'detector' and not any(counts):
+        check_without_score_threshold(model, sizes, opset, dynamic,
+                                      dynamic_batch, log)
     data = add_metadata(
         data, metadata(cfg, model, task, config, shape, batch, dynamic,
                        dynamic_batch))
