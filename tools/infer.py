@@ -162,8 +162,7 @@ def main(argv=None):
         cfg = load_config(args.config)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
-    from xcit_mm.weights import (CheckpointError, read_checkpoint,
-                                 register_safe_globals)
+    from xcit_mm.weights import CheckpointError, read_checkpoint
     if args.checkpoint.lower().endswith('.onnx'):
         if args.amp:
             sys.exit(f'error: --amp does not apply to {args.checkpoint} '
@@ -175,7 +174,6 @@ def main(argv=None):
             read_checkpoint(args.checkpoint)
         except CheckpointError as err:
             sys.exit(f'error: {err}')
-    register_safe_globals()  # for the inferencer's own torch.load
     images, skipped = [], []
     for path in list_images(args.inputs):
         reason = check_image(path)
