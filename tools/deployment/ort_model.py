@@ -31,13 +31,13 @@ from mmengine.model import BaseModel, BaseTTAModel, is_model_wrapper
 from torch import Tensor, nn
 
 import detector
-from export_onnx import model_fingerprint, read_metadata
+from export_onnx import META, model_fingerprint, read_metadata
+from segmentor import SEGMENTOR_OUTPUTS
 
-INPUT_NAME = 'input'
+INPUT_NAME = detector.INPUT_NAME
 TASKS = dict(mmdet='detector', mmseg='segmentor')
 OUTPUT_NAMES = dict(
-    detector=('dets', 'labels', 'masks'), segmentor=('logits', ))
-META = 'xcit_mm.'
+    detector=detector.OUTPUT_NAMES, segmentor=SEGMENTOR_OUTPUTS)
 # what the exported graph expects of its input (padding may change freely)
 NORMALISATION = ('mean', 'std', 'bgr_to_rgb', 'rgb_to_bgr')
 
