@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.onnx.operators import shape_as_tensor
 
-INPUT_NAME = 'input'
 SEGMENTOR_OUTPUTS = ('logits', )
 BACKBONE_OUTPUTS = ('feat0', 'feat1', 'feat2', 'feat3')
 # decode heads whose export was verified against eager mmseg
