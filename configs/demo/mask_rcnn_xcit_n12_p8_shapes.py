@@ -5,7 +5,8 @@
 # `python tools/shapes_data.py data/shapes`).
 _base_ = ['../_base_/models/mask_rcnn_xcit_fpn.py', '../_base_/det_runtime.py']
 custom_imports = dict(
-    imports=['xcit_mm', 'xcit_mm.datasets'], allow_failed_imports=False)
+    imports=['xcit_mm', 'xcit_mm.datasets', 'xcit_mm.models.roi_extractor'],
+    allow_failed_imports=False)
 
 data_root = 'data/shapes/'
 norm_cfg = dict(type='BN', requires_grad=True)
@@ -21,12 +22,15 @@ model = dict(
         feat_channels=width,
         anchor_generator=dict(scales=[4])),
     roi_head=dict(
-        # a fixed 2x2 sampling per bin keeps RoIAlign cheap on the CPU
+        # RoIAlign with a fixed 2x2 sampling per bin, as a sparse product
+        # whose backward runs on every CPU thread (SparseRoIExtractor)
         bbox_roi_extractor=dict(
+            type='SparseRoIExtractor',
             out_channels=width,
             roi_layer=dict(sampling_ratio=2, use_torchvision=True)),
         bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=3),
         mask_roi_extractor=dict(
+            type='SparseRoIExtractor',
             out_channels=width,
             roi_layer=dict(sampling_ratio=2, use_torchvision=True)),
         mask_head=dict(
@@ -96,7 +100,11 @@ test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(
-        type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
+        type='AdamW',
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        weight_decay=0.05,
+        fused=True),  # one kernel for all parameters
     paramwise_cfg=dict(
         norm_decay_mult=0., custom_keys={'.temperature': dict(decay_mult=0.)}),
     clip_grad=dict(max_norm=10.0))

@@ -55,9 +55,11 @@ def test_scope_and_plugin_import_come_from_the_bases(path):
     cfg = load(path)
     det = cfg.model.type == 'MaskRCNN'
     assert cfg.default_scope == ('mmdet' if det else 'mmseg')
-    if '/demo/' in path:  # the demo's datasets are in xcit_mm.datasets
-        assert cfg.custom_imports['imports'] == ['xcit_mm',
-                                                 'xcit_mm.datasets']
+    if '/demo/' in path:  # the demo's datasets are in xcit_mm.datasets,
+        # the demo detector's RoI extractor in xcit_mm.models.roi_extractor
+        assert cfg.custom_imports['imports'] == [
+            'xcit_mm', 'xcit_mm.datasets'
+        ] + (['xcit_mm.models.roi_extractor'] if det else [])
         assert 'default_scope' not in set(_assignments(path))
     else:
         assert cfg.custom_imports == PLUGIN

@@ -14,6 +14,13 @@ references, or of whole detectors / segmentors from configs, side by side.
     python tools/analysis/benchmark.py backbone --arch small-12 --patch-size 8 \\
         --sizes 512x640 --mode train --compare timm cp --memory
 
+    # the demo detector's training step with mmdet's RoI extractor against
+    # SparseRoIExtractor (RoIAlign as a sparse product)
+    python tools/analysis/benchmark.py models \\
+        configs/demo/mask_rcnn_xcit_n12_p8_shapes.py --sizes 128 \\
+        --batch-size 8 --mode train \\
+        --roi-extractors SingleRoIExtractor SparseRoIExtractor
+
     # whole models, ours against upstream configs, fp32 and bf16
     python tools/analysis/benchmark.py models configs/coco/mask_rcnn_xcit_s12_p16.py \\
         mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py --sizes 800x1344 \\
@@ -149,8 +156,19 @@ def model_cases(args, h: int, w: int) -> Dict[str, Callable]:
     if 'bf16' in args.dtype_list:
         from xcit_mm.engine import fp32_mmcv_ops_on_cpu
         fp32_mmcv_ops_on_cpu()  # mmcv's CPU NMS / RoIAlign take fp32 only
-    for path in args.configs:
+    if 'SparseRoIExtractor' in args.roi_extractors:
+        import xcit_mm.models.roi_extractor  # noqa: F401  (registers it)
+    configs = [(path, extractor) for path in args.configs
+               for extractor in args.roi_extractors or [None]]
+    for path, extractor in configs:
         cfg = subjects.load_model_config(path)
+        name = osp.splitext(osp.basename(path.split('::')[-1]))[0]
+        if extractor:
+            for key in ('bbox_roi_extractor', 'mask_roi_extractor'):
+                if key in cfg.model.get('roi_head', {}):
+                    cfg.model.roi_head[key].type = extractor
+            name += f' {extractor}'
+        torch.manual_seed(0)  # the same weights for each extractor
         model = subjects.build_model(cfg)
         train = args.mode == 'train'
         model.train(train)
@@ -159,7 +177,6 @@ def model_cases(args, h: int, w: int) -> Dict[str, Callable]:
             with_targets=train)
         data = model.data_preprocessor(
             dict(inputs=list(inputs), data_samples=samples), training=train)
-        name = osp.splitext(osp.basename(path.split('::')[-1]))[0]
         for dtype in args.dtype_list:
             def step(model=model, data=data, dtype=dtype, train=train):
                 if train:
@@ -317,6 +334,10 @@ def parse_args(argv=None):
                                                           'train'])
     md.add_argument('--dtype', dest='dtype_list', nargs='+',
                     default=['fp32'], choices=['fp32', 'bf16'])
+    md.add_argument('--roi-extractors', nargs='+', default=[],
+                    choices=['SingleRoIExtractor', 'SparseRoIExtractor'],
+                    help="each config once with each as its RoI heads' "
+                    'extractors (default: as configured)')
     for p in (bb, md):
         p.add_argument('--sizes', nargs='+', default=['512x640'],
                        help='input sizes, H or HxW')

@@ -149,11 +149,15 @@ class DetectorExport(nn.Module):
                                    f'is {type(coder).__name__}')
         for name, ext in (('bbox_roi_extractor', roi.bbox_roi_extractor),
                           ('mask_roi_extractor', roi.mask_roi_extractor)):
-            if type(ext).__name__ != 'SingleRoIExtractor':
+            # SparseRoIExtractor (xcit_mm): the same RoIAlign, computed as
+            # a sparse product
+            if type(ext).__name__ not in ('SingleRoIExtractor',
+                                          'SparseRoIExtractor'):
                 raise _unsupported(f'roi_head.{name}',
                                    f'is {type(ext).__name__}')
             for layer in ext.roi_layers:
-                if type(layer).__name__ != 'RoIAlign' or \
+                if type(layer).__name__ not in ('RoIAlign',
+                                                'SparseRoIAlign') or \
                         getattr(layer, 'pool_mode', 'avg') != 'avg':
                     raise _unsupported(f'roi_head.{name}',
                                        'does not use average RoIAlign')
