@@ -251,7 +251,7 @@ def test_wrong_op_falls_back_with_one_warning(monkeypatch, wrong):
     decide_afresh(monkeypatch)
     monkeypatch.setattr(torch.ops, 'mkldnn', types.SimpleNamespace(
         _linear_pointwise=bad))
-    monkeypatch.setattr(linear_module, '_onednn_faster', lambda: True)
+    monkeypatch.setattr(linear_module, '_onednn_faster', lambda *s: True)
     check_falls_back(Linear(12, 8), torch.randn(4, 12))
 
 
@@ -280,13 +280,43 @@ def test_unset_env_takes_the_timing(monkeypatch, faster):
     decide_afresh(monkeypatch)
     timed = []
     monkeypatch.setattr(linear_module, '_onednn_faster',
-                        lambda: timed.append(1) or faster)
+                        lambda *shape: timed.append(shape) or faster)
     layer = Linear(12, 8)
     assert not count_warnings(lambda: layer(torch.randn(4, 12)))
     with OpLog() as log:
-        layer(torch.randn(4, 12))
+        layer(torch.randn(3, 12))
     assert (ONEDNN in log.names()) == faster
-    assert timed == [1]  # once per process
+    assert timed == [(4, 12, 8)]  # once per shape: 3 rows time as 4
+    assert linear_module.linear_choices() == {
+        'rows<=4, 12->8': 'oneDNN' if faster else 'F.linear'}
+
+
+@needs_onednn
+def test_each_shape_takes_its_own_timing(monkeypatch):
+    """oneDNN can lose at one size and win at another (a Zen 2, two
+    threads: nano's products and small's): each shape is timed, large row
+    counts on ``_TIMED_ROWS`` rows, and each follows its own result."""
+    decide_afresh(monkeypatch)
+    timed = []
+    monkeypatch.setattr(linear_module, '_onednn_faster',
+                        lambda *shape: timed.append(shape) or shape[1] == 16)
+    assert linear_module.onednn_chosen()  # the op's check, before the log
+    narrow, wide = Linear(12, 8), Linear(16, 8)
+    many = linear_module._TIMED_ROWS + 1
+    with OpLog() as log:
+        narrow(torch.randn(5, 12))
+    assert ONEDNN not in log.names()
+    with OpLog() as log:
+        wide(torch.randn(many, 16))
+    assert ONEDNN in log.names()
+    with OpLog() as log:  # fewer rows: another power of two, timed again
+        wide(torch.randn(7, 16))
+    assert ONEDNN in log.names()
+    assert timed == [(5, 12, 8), (linear_module._TIMED_ROWS, 16, 8),
+                     (7, 16, 8)]
+    assert linear_module.linear_choices() == {
+        'rows<=8, 12->8': 'F.linear', 'rows<=8, 16->8': 'oneDNN',
+        f'rows<={2 * linear_module._TIMED_ROWS}, 16->8': 'oneDNN'}
 
 
 @needs_onednn

@@ -283,6 +283,11 @@ def machine_header(dtype: str) -> Dict[str, str]:
     """What every figure was measured on (printed above the tables)."""
     from xcit_mm.models.linear import onednn_chosen
     cpu = _cpu_info()
+    products = 'F.linear (ATen)'
+    if onednn_chosen():
+        products = ('oneDNN (XCIT_MM_ONEDNN_LINEAR=1)'
+                    if os.environ.get('XCIT_MM_ONEDNN_LINEAR') == '1' else
+                    'oneDNN where timed faster, per shape (listed below)')
     config = torch.__config__.show()
     versions = dict(re.findall(
         r'(Math Kernel Library|MKL-DNN)\S*\s+(?:Version\s+)?v?([\d.]+)',
@@ -306,8 +311,7 @@ def machine_header(dtype: str) -> Dict[str, str]:
         'torch': f"{torch.__version__} (MKL "
                  f"{versions.get('Math Kernel Library', '?')}, oneDNN "
                  f"{versions.get('MKL-DNN', '?')})",
-        'xcit_mm float32 linear products': 'oneDNN' if onednn_chosen()
-        else 'F.linear (ATen)',
+        'xcit_mm float32 linear products': products,
     }
 
 
@@ -400,10 +404,15 @@ def main(argv=None):
             print(f"| {name} | {row['median_ms']:.0f} | {row['min_ms']:.0f}"
                   f"-{row['max_ms']:.0f} | {ratio:.3f} |" +
                   (f" {row['peak_mb']:.0f} |" if args.memory else ''))
+    from xcit_mm.models.linear import linear_choices
+    choices = linear_choices()
+    if choices:
+        print('\nxcit_mm float32 linear products by shape: ' + '; '.join(
+            f'{shape}: {how}' for shape, how in choices.items()))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(machine=header, clock=args.clock, results=results),
-                      f, indent=1)
+            json.dump(dict(machine=header, clock=args.clock, results=results,
+                           linear_products=choices), f, indent=1)
     return results
 
 

@@ -1,16 +1,20 @@
 """Float32 CPU products by oneDNN's ``mkldnn::_linear_pointwise``, not MKL
 (2x faster on AMD Zen 5): where the inputs are float32 CPU tensors, autocast,
-tracing, compiling and :func:`onednn_linear` are off, oneDNN is enabled and
-the process chose it (:func:`onednn_chosen`, once: the op present and equal
-to ``F.linear`` forward and backward, else one warning; then
-``XCIT_MM_ONEDNN_LINEAR`` 1, or unset and a timing found it >= 5% faster).
-Else ``F.linear``; results differ only in the order of the float32 sums."""
+tracing, compiling and :func:`onednn_linear` are off, oneDNN is enabled, the
+process allows it (:func:`onednn_chosen`, once: the op present and equal to
+``F.linear`` forward and backward, else one warning; and
+``XCIT_MM_ONEDNN_LINEAR`` not 0) and, for this product's shape, it is the
+faster: always with ``XCIT_MM_ONEDNN_LINEAR=1``; unset, where a timing at
+the shape's first use found it >= 5% faster (:func:`linear_choices`; on a
+Zen 2 with two threads it is slower at XCiT nano's sizes and 25% faster at
+small's). Else ``F.linear``; results differ only in the order of the float32
+sums."""
 import contextlib
 import os
 import platform
 import time
 import warnings
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,19 +22,47 @@ import torch.nn.functional as F
 
 _enabled = True
 _chosen: Optional[bool] = None
+# (rows rounded up to a power of two, in features, out features) -> oneDNN?
+_by_shape: Dict[Tuple[int, int, int], bool] = {}
+_TIMED_ROWS = 4096  # larger products are timed on this many rows
+
+
+def _mode() -> str:
+    mode = os.environ.get('XCIT_MM_ONEDNN_LINEAR', '')
+    if mode not in ('', '0', '1'):
+        raise ValueError(f'XCIT_MM_ONEDNN_LINEAR={mode!r}: set 0 (off), '
+                         '1 (on) or leave it unset (chosen by timing)')
+    return mode
 
 
 def onednn_chosen() -> bool:
-    """Whether this process runs float32 CPU products through oneDNN."""
+    """Whether this process may run float32 CPU products through oneDNN
+    (the op checked, the variable not 0); which products do is decided per
+    shape (:func:`linear_choices`)."""
     global _chosen
     if _chosen is None:
-        if (mode := os.environ.get('XCIT_MM_ONEDNN_LINEAR', '')) not in (
-                '', '0', '1'):
-            raise ValueError(f'XCIT_MM_ONEDNN_LINEAR={mode!r}: set 0 (off), '
-                             '1 (on) or leave it unset (chosen by timing)')
-        _chosen = mode != '0' and _self_check() and (
-            mode == '1' or _onednn_faster())
+        _chosen = _mode() != '0' and _self_check()
+        _by_shape.clear()
     return _chosen
+
+
+def linear_choices() -> Dict[str, str]:
+    """The choices made so far: ``'rows<=R, K->N'`` -> ``'oneDNN'`` or
+    ``'F.linear'``."""
+    return {f'rows<={rows}, {k}->{n}': 'oneDNN' if fast else 'F.linear'
+            for (rows, k, n), fast in sorted(_by_shape.items())}
+
+
+def _faster_here(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """oneDNN for this product's shape: forced by the variable, or timed
+    once per (rows up to a power of two, in, out features)."""
+    if _mode() == '1':
+        return True
+    rows = x.numel() // x.shape[-1]
+    key = (1 << (rows - 1).bit_length(), weight.shape[1], weight.shape[0])
+    if key not in _by_shape:
+        _by_shape[key] = _onednn_faster(min(rows, _TIMED_ROWS), *key[1:])
+    return _by_shape[key]
 
 
 def _self_check() -> bool:
@@ -63,14 +95,19 @@ def _same(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _onednn_faster() -> bool:
-    """Times an MLP product of XCiT nano, 8 images of 16x16 tokens, in
-    process CPU time (the wall clock of a loaded machine chose at random)."""
-    x, weight, best = torch.randn(2048, 128), torch.randn(512, 128), {}
-    for _, fn in [(i, f) for i in range(6) for f in (F.linear, _product)]:
-        start = time.process_time()
-        fn(x, weight)  # no gradient: neither input requires one
-        best[fn] = min(best.get(fn, 1e9), time.process_time() - start)
+def _onednn_faster(rows: int = 2048, k: int = 128, n: int = 512) -> bool:
+    """Whether oneDNN computes a ``rows x k -> n`` product >= 5% faster than
+    ``F.linear``: best of 6 interleaved calls each, in process CPU time (the
+    wall clock of a loaded machine chose at random). Defaults: an MLP
+    product of XCiT nano, 8 images of 16x16 tokens."""
+    gen = torch.Generator().manual_seed(0)  # the global stream untouched
+    x, weight, best = (torch.randn(rows, k, generator=gen),
+                       torch.randn(n, k, generator=gen), {})
+    with torch.no_grad():
+        for _, fn in [(i, f) for i in range(6) for f in (F.linear, _product)]:
+            start = time.process_time()
+            fn(x, weight)
+            best[fn] = min(best.get(fn, 1e9), time.process_time() - start)
     return best[_product] < 0.95 * best[F.linear]
 
 
@@ -91,7 +128,8 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.device.type == 'cpu' and x.dtype == torch.float32
             and weight.dtype == torch.float32 and x.numel() > 0
             and not torch.is_autocast_enabled('cpu')
-            and torch.backends.mkldnn.enabled and onednn_chosen())
+            and torch.backends.mkldnn.enabled and onednn_chosen()
+            and _faster_here(x, weight))
 
 
 def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
