@@ -6,9 +6,9 @@ process allows it (:func:`onednn_chosen`, once: the op present and equal to
 ``XCIT_MM_ONEDNN_LINEAR`` not 0) and, for this product's shape, it is the
 faster: always with ``XCIT_MM_ONEDNN_LINEAR=1``; unset, where a timing at
 the shape's first use found it >= 5% faster (:func:`linear_choices`; on a
-Zen 2 with two threads it is slower at XCiT nano's sizes and 25% faster at
-small's). Else ``F.linear``; results differ only in the order of the float32
-sums."""
+Zen 2 with two threads the two were about even at XCiT nano's sizes and
+oneDNN 20-30% faster at small's). Else ``F.linear``; results differ only in
+the order of the float32 sums."""
 import contextlib
 import os
 import platform
