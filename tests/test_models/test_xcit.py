@@ -418,6 +418,9 @@ def test_with_cp_same_outputs_grads_and_stats(patch_size):
 @pytest.mark.parametrize('patch_size', [8, 16])
 @pytest.mark.parametrize('norm_cfg', [BN, dict(type='GN', num_groups=8)])
 def test_gradients_reach_every_parameter(patch_size, norm_cfg):
+    # seeded: a branch dropped for both images would leave its layer
+    # scale without a gradient, which unseeded draws do now and then
+    torch.manual_seed(0)
     model = small_xcit(patch_size, drop_path_rate=0.1,
                        norm_cfg=norm_cfg).train()
     outs = model(torch.randn(2, 3, 64, 64))
@@ -449,13 +452,16 @@ def test_drop_path_schedules():
     none = small_xcit()
     assert all(isinstance(b.drop_path, torch.nn.Identity)
                for b in none.blocks)
-    # stochastic in training, deterministic in evaluation
+    # stochastic in training, deterministic in evaluation (seeded: two
+    # passes drew the same 24 masks in about 1% of unseeded runs)
+    torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
     const.train()
     for m in const.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
-    assert not torch.allclose(const(x)[2], const(x)[2])
+    first, *others = [const(x)[2] for _ in range(4)]
+    assert any(not torch.allclose(first, o) for o in others)
     const.eval()
     torch.testing.assert_close(const(x)[2], const(x)[2], rtol=0, atol=0)
 
