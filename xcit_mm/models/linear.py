@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 _enabled = True
 _chosen: Optional[bool] = None
+_forced = False  # XCIT_MM_ONEDNN_LINEAR=1, read with _chosen
 # (rows rounded up to a power of two, in features, out features) -> oneDNN?
 _by_shape: Dict[Tuple[int, int, int], bool] = {}
 _TIMED_ROWS = 4096  # larger products are timed on this many rows
@@ -39,9 +40,10 @@ def onednn_chosen() -> bool:
     """Whether this process may run float32 CPU products through oneDNN
     (the op checked, the variable not 0); which products do is decided per
     shape (:func:`linear_choices`)."""
-    global _chosen
+    global _chosen, _forced
     if _chosen is None:
-        _chosen = _mode() != '0' and _self_check()
+        mode = _mode()
+        _chosen, _forced = mode != '0' and _self_check(), mode == '1'
         _by_shape.clear()
     return _chosen
 
@@ -56,7 +58,7 @@ def linear_choices() -> Dict[str, str]:
 def _faster_here(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """oneDNN for this product's shape: forced by the variable, or timed
     once per (rows up to a power of two, in, out features)."""
-    if _mode() == '1':
+    if _forced:
         return True
     rows = x.numel() // x.shape[-1]
     key = (1 << (rows - 1).bit_length(), weight.shape[1], weight.shape[0])
